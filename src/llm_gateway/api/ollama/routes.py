@@ -1,0 +1,134 @@
+"""Ollama routes: NDJSON streams by default, one JSON object with "stream": false.
+
+A failure after the first line is one `{"error": "..."}` line, then the stream
+ends (what Ollama's own server does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llm_gateway import __version__
+from llm_gateway.api.decode import decode_body
+from llm_gateway.api.http import EventStream, JSONResponse, as_gateway_error, ndjson
+from llm_gateway.api.ollama import convert
+from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest
+from llm_gateway.errors import InvalidRequest
+from llm_gateway.models import ModelEntry
+from llm_gateway.service import Generation
+from llm_gateway.state import GatewayState
+from llm_gateway.types import Chunk
+
+NDJSON = "application/x-ndjson"
+Piece = Callable[[str, str], dict[str, Any]]
+Final = Callable[[str, str, Chunk], dict[str, Any]]
+
+
+async def generate(request: Request) -> Response | EventStream:
+    state = GatewayState.of(request)
+    body = decode_body(await request.body(), GenerateRequest)
+    if not body.prompt and not body.raw:
+        state.registry.resolve(body.model)  # 404 for an unknown model, as Ollama does
+        return JSONResponse(convert.load_reply(body.model, chat=False))
+    gen = await state.service.open(convert.from_generate_request(body))
+    return await _reply(
+        gen, body.model, body.stream, convert.generate_chunk, convert.generate_final
+    )
+
+
+async def chat(request: Request) -> Response | EventStream:
+    state = GatewayState.of(request)
+    body = decode_body(await request.body(), ChatRequest)
+    if not body.messages:
+        state.registry.resolve(body.model)
+        return JSONResponse(convert.load_reply(body.model, chat=True))
+    gen = await state.service.open(convert.from_chat_request(body))
+    return await _reply(gen, body.model, body.stream, convert.chat_chunk, convert.chat_final)
+
+
+async def _reply(
+    gen: Generation, model: str, stream: bool, piece: Piece, final: Final
+) -> Response | EventStream:
+    if not stream:
+        text, last = await gen.collect()
+        return JSONResponse(final(model, text, last))
+    return EventStream(_lines(gen, model, piece, final), NDJSON)
+
+
+async def _lines(gen: Generation, model: str, piece: Piece, final: Final) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in gen:
+            if chunk.finish_reason is None:
+                yield ndjson(piece(model, chunk.text))
+                continue
+            if chunk.text:
+                yield ndjson(piece(model, chunk.text))
+            yield ndjson(final(model, "", chunk))
+            return
+    except Exception as exc:
+        yield ndjson(as_gateway_error(exc).to_ollama_body())
+    finally:
+        await gen.aclose()
+
+
+def _modified(entry: ModelEntry) -> str:
+    return datetime.fromtimestamp(entry.created, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def tags(request: Request) -> Response:
+    state = GatewayState.of(request)
+    models = [convert.tag_body(e.name, _modified(e), e.backend.details()) for e in state.registry]
+    return JSONResponse({"models": models})
+
+
+async def ps(request: Request) -> Response:
+    state = GatewayState.of(request)
+    models = []
+    for e in state.registry:
+        if not e.backend.ready:
+            continue
+        body = convert.tag_body(e.name, _modified(e), e.backend.details())
+        # Models stay resident for the gateway's life; keep_alive does not unload them.
+        body.update(
+            {
+                "expires_at": "9999-12-31T23:59:59Z",
+                "size_vram": 0,
+                "context_length": e.backend.details().context_length,
+            }
+        )
+        del body["modified_at"]
+        models.append(body)
+    return JSONResponse({"models": models})
+
+
+async def show(request: Request) -> Response:
+    state = GatewayState.of(request)
+    body = decode_body(await request.body(), ShowRequest)
+    name = body.model or body.name
+    if not name:
+        raise InvalidRequest("'model' is required", param="model")
+    entry = state.registry.resolve(name)
+    return JSONResponse(
+        convert.show_body(entry.name, _modified(entry), entry.backend.details(), body.verbose)
+    )
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": __version__})
+
+
+routes = [
+    Route("/api/generate", generate, methods=["POST"]),
+    Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/tags", tags, methods=["GET"]),
+    Route("/api/models", tags, methods=["GET"]),  # the seed's name for the same list
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/version", version, methods=["GET"]),
+]

@@ -1,0 +1,76 @@
+"""OpenAI request bodies as msgspec structs: decoding validates types and names bad fields.
+
+Unknown fields are ignored, as OpenAI-compatible servers do, so newer clients
+keep working; fields we cannot honour are refused in convert.py with a 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class ContentPart(msgspec.Struct):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(msgspec.Struct):
+    role: str
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class JsonSchemaSpec(msgspec.Struct):
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(msgspec.Struct):
+    type: str
+    json_schema: JsonSchemaSpec | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class _Common(msgspec.Struct):
+    model: str
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # extension (vLLM, llama.cpp)
+    min_p: float | None = None  # extension
+    repeat_penalty: float | None = None  # extension
+    max_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(_Common):
+    messages: list[ChatMessage] = []
+    max_completion_tokens: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[Any] | None = None  # a string, or a list holding one string
+    suffix: str | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    response_format: ResponseFormat | None = None  # extension (llama.cpp server)

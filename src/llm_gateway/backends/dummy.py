@@ -1,0 +1,98 @@
+"""A deterministic backend for tests and overhead benchmarks; behaviour chosen by model name.
+
+    dummy, dummy-echo   echo the last user message (or the prompt), one word a chunk
+    dummy-slow          the same, 20 ms between chunks (for cancellation tests)
+    dummy-error         fail before the first chunk
+    dummy-midstream     two chunks, then fail mid-stream
+
+A "token" here is a whitespace-separated word, so counts are easy to predict.
+max_tokens and stop strings are honoured like a real backend would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llm_gateway.backends.base import ModelDetails
+from llm_gateway.errors import BackendError
+from llm_gateway.types import Chunk, FinishReason, GenerationRequest, Usage
+
+DUMMY_MODELS = ("dummy", "dummy-echo", "dummy-slow", "dummy-error", "dummy-midstream")
+
+
+def _source_text(request: GenerationRequest) -> tuple[str, int]:
+    """The text to echo and the prompt's word count."""
+    if request.messages is not None:
+        users = [m.content for m in request.messages if m.role == "user"]
+        words = sum(len(m.content.split()) for m in request.messages)
+        return (users[-1] if users else ""), words
+    prompt = request.prompt or ""
+    return prompt, len(prompt.split())
+
+
+def _apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class DummyBackend:
+    """See the module docstring."""
+
+    def __init__(self, behaviour: str = "dummy") -> None:
+        self.behaviour = behaviour
+        self._ready = False
+
+    async def start(self) -> None:
+        self._ready = True
+
+    async def stop(self) -> None:
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok" if self._ready else "stopped", "backend": "dummy"}
+
+    def details(self) -> ModelDetails:
+        return ModelDetails(
+            family="dummy",
+            parameter_size="0",
+            quantization_level="none",
+            format="none",
+            context_length=1 << 20,
+        )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if self.behaviour == "dummy-error":
+            raise BackendError("dummy backend failed on purpose")
+        started = time.perf_counter_ns()
+        text, prompt_tokens = _source_text(request)
+        words = text.split()
+        limit = len(words) if request.max_tokens is None else request.max_tokens
+        pieces = [w if i == 0 else " " + w for i, w in enumerate(words[:limit])]
+        finish: FinishReason = "length" if len(words) > limit else "stop"
+        full, stopped = _apply_stop("".join(pieces), request.stop)
+        if stopped:
+            finish = "stop"
+        emitted = count = 0
+        for piece in pieces:
+            if emitted >= len(full):
+                break
+            part = full[emitted : emitted + len(piece)]
+            emitted += len(piece)
+            count += 1
+            yield Chunk(text=part)
+            if self.behaviour == "dummy-midstream" and count == 2:
+                raise BackendError("dummy backend failed mid-stream on purpose")
+            if self.behaviour == "dummy-slow":
+                await asyncio.sleep(0.02)
+        elapsed = time.perf_counter_ns() - started
+        usage = Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=count, eval_ns=elapsed, total_ns=elapsed
+        )
+        yield Chunk(text="", finish_reason=finish, usage=usage)

@@ -1,0 +1,310 @@
+"""The in-process llama.cpp backend: loads a GGUF file and serves it through the batching scheduler.
+
+Everything that touches llama.cpp is imported lazily, so a gateway that serves
+no local model never loads the library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llm_gateway.backends.base import ModelDetails
+from llm_gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, NotReady
+from llm_gateway.types import Chunk, GenerationRequest, Message, Sampling
+
+if TYPE_CHECKING:
+    from llm_gateway.engine.llama import Context, Model, Sampler, SamplerConfig
+    from llm_gateway.engine.scheduler import Job, Scheduler
+    from llm_gateway.engine.template import ChatTemplate
+
+log = logging.getLogger(__name__)
+
+# general.file_type values (llama.cpp's enum llama_ftype) to Ollama-style names.
+FILE_TYPES = {
+    "0": "F32",
+    "1": "F16",
+    "2": "Q4_0",
+    "3": "Q4_1",
+    "7": "Q8_0",
+    "8": "Q5_0",
+    "9": "Q5_1",
+    "10": "Q2_K",
+    "11": "Q3_K_S",
+    "12": "Q3_K_M",
+    "13": "Q3_K_L",
+    "14": "Q4_K_S",
+    "15": "Q4_K_M",
+    "16": "Q5_K_S",
+    "17": "Q5_K_M",
+    "18": "Q6_K",
+    "32": "BF16",
+}
+
+# Prompts longer than this (characters) are tokenized off the event loop.
+_INLINE_TOKENIZE_CHARS = 8192
+
+
+class EngineOptions:
+    """Engine sizing for one model (from Settings, overridable per model)."""
+
+    def __init__(
+        self,
+        *,
+        ctx_size: int,
+        max_sequences: int,
+        threads: int,
+        batch_size: int,
+        queue_size: int,
+        default_max_tokens: int,
+    ) -> None:
+        self.ctx_size = ctx_size
+        self.max_sequences = max_sequences
+        self.threads = threads
+        self.batch_size = batch_size
+        self.queue_size = queue_size
+        self.default_max_tokens = default_max_tokens
+
+
+class EngineBackend:
+    """A GGUF model served in process with continuous batching."""
+
+    def __init__(self, name: str, path: Path, options: EngineOptions) -> None:
+        self.name = name
+        self.path = path
+        self.options = options
+        self._model: Model | None = None
+        self._ctx: Context | None = None
+        self._scheduler: Scheduler | None = None
+        self._template: ChatTemplate | None = None
+        self._bos_text = ""
+        self._load_ns = 0
+        self._details = ModelDetails()
+        self.load_progress = 0.0
+
+    # ---- lifecycle --------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        from llm_gateway.engine.llama import Context, Model
+        from llm_gateway.engine.scheduler import Scheduler, SchedulerConfig
+        from llm_gateway.engine.template import ChatTemplate
+
+        started = time.perf_counter_ns()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file not found: {self.path}")
+        log.info("loading model %s from %s", self.name, self.path)
+        model = Model(self.path, progress=self._on_progress)
+        opts = self.options
+        n_ctx = min(opts.ctx_size, max(model.facts.n_ctx_train, 256) * opts.max_sequences)
+        ctx = Context(
+            model,
+            n_ctx=n_ctx,
+            n_batch=opts.batch_size,
+            n_seq=opts.max_sequences,
+            threads=opts.threads,
+        )
+        self._bos_text = model.token_text(model.bos) if model.adds_bos else ""
+        self._template = ChatTemplate(
+            model.facts.metadata.get("tokenizer.chat_template"),
+            bos_token=model.token_text(model.bos),
+            eos_token=model.token_text(model.eos),
+        )
+        cfg = SchedulerConfig(
+            max_sequences=opts.max_sequences,
+            queue_size=opts.queue_size,
+            batch_size=opts.batch_size,
+            n_ctx=ctx.n_ctx,
+            max_seq_len=min(ctx.n_ctx, model.facts.n_ctx_train or ctx.n_ctx),
+        )
+        self._model, self._ctx = model, ctx
+        self._details = self._describe(model, cfg.max_seq_len)
+        self._scheduler = Scheduler(model, ctx, cfg)
+        self._scheduler.start()
+        self._load_ns = time.perf_counter_ns() - started
+        log.info(
+            "model %s ready: %s, %d-token cache, %d sequences, %d threads (%.2fs)",
+            self.name,
+            model.facts.description,
+            ctx.n_ctx,
+            opts.max_sequences,
+            opts.threads,
+            self._load_ns / 1e9,
+        )
+
+    def _on_progress(self, fraction: float) -> None:
+        step = int(fraction * 10)
+        if step > int(self.load_progress * 10):
+            log.info("loading %s: %d%%", self.name, step * 10)
+        self.load_progress = fraction
+
+    def _describe(self, model: Model, context_length: int) -> ModelDetails:
+        meta = model.facts.metadata
+        stat = self.path.stat()
+        ident = f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+        return ModelDetails(
+            family=meta.get("general.architecture", ""),
+            parameter_size=meta.get("general.size_label") or _human_params(model.facts.n_params),
+            quantization_level=FILE_TYPES.get(
+                meta.get("general.file_type", ""), model.facts.description.split(" ")[-1]
+            ),
+            size_bytes=stat.st_size,
+            context_length=context_length,
+            digest=hashlib.sha256(ident).hexdigest(),
+            chat_template=self._template.source if self._template else "",
+            metadata=dict(meta),
+        )
+
+    async def stop(self) -> None:
+        scheduler, ctx, model = self._scheduler, self._ctx, self._model
+        self._scheduler = self._ctx = self._model = None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.stop)
+        if ctx is not None:
+            ctx.close()
+        if model is not None:
+            model.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._scheduler is not None and self._scheduler.failed is None
+
+    def health(self) -> dict[str, Any]:
+        if self._scheduler is None:
+            return {
+                "status": "loading",
+                "backend": "engine",
+                "progress": round(self.load_progress, 3),
+            }
+        state: dict[str, Any] = {"status": "ok" if self.ready else "failed", "backend": "engine"}
+        state.update(self._scheduler.state())
+        if self._scheduler.failed:
+            state["error"] = self._scheduler.failed
+        return state
+
+    def details(self) -> ModelDetails:
+        return self._details
+
+    # ---- requests ---------------------------------------------------------
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise NotReady(f"model '{self.name}' is still loading")
+        job = await self._prepare(request)
+        try:
+            scheduler.submit(job)
+        except GatewayError:
+            if job.smpl is not None:
+                job.smpl.close()
+            raise
+        done = False
+        try:
+            while True:
+                kind, payload = await job.queue.get()
+                if kind == "text":
+                    yield Chunk(text=payload)
+                elif kind == "done":
+                    done = True
+                    reason, usage = payload
+                    usage.load_ns = 0
+                    yield Chunk(text="", finish_reason=reason, usage=usage)
+                    return
+                else:
+                    done = True
+                    raise payload
+        finally:
+            if not done:
+                scheduler.cancel(job)
+
+    async def _prepare(self, request: GenerationRequest) -> Job:
+        from llm_gateway.engine.scheduler import Job
+
+        text = self._prompt_text(request)
+        if len(text) > _INLINE_TOKENIZE_CHARS:
+            tokens = await asyncio.to_thread(self._tokenize, text)
+        else:
+            tokens = self._tokenize(text)
+        assert self._scheduler is not None
+        limit = self._scheduler.cfg.max_seq_len
+        if not tokens:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        if len(tokens) >= limit:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(tokens)} tokens; model '{self.name}' accepts at most "
+                f"{limit - 1} prompt tokens",
+                param="messages" if request.is_chat else "prompt",
+            )
+        max_tokens = request.max_tokens or self.options.default_max_tokens
+        return Job(
+            prompt=tokens,
+            max_tokens=min(max_tokens, limit - len(tokens)),
+            smpl=self._sampler(request),
+            stops=request.stop,
+            loop=asyncio.get_running_loop(),
+        )
+
+    def _prompt_text(self, request: GenerationRequest) -> str:
+        assert self._template is not None
+        if request.messages is not None:
+            return self._template.render(request.messages)
+        prompt = request.prompt or ""
+        if request.raw:
+            return prompt
+        return self._template.render([Message(role="user", content=prompt)])
+
+    def _tokenize(self, text: str) -> list[int]:
+        assert self._model is not None
+        add_bos = bool(self._bos_text) and not text.startswith(self._bos_text)
+        return self._model.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def _sampler(self, request: GenerationRequest) -> Sampler:
+        from llm_gateway.engine.llama import LlamaError, Sampler
+
+        assert self._model is not None
+        try:
+            return Sampler(self._model, self._sampler_config(request))
+        except LlamaError as exc:
+            raise InvalidRequest(str(exc), param="response_format") from exc
+
+    def _sampler_config(self, request: GenerationRequest) -> SamplerConfig:
+        from llm_gateway.engine.llama import SamplerConfig, grammar_for_json
+
+        s: Sampling = request.sampling
+        base = SamplerConfig()
+        grammar = None
+        if request.json_format is not None:
+            try:
+                grammar = grammar_for_json(request.json_format.schema)
+            except Exception as exc:  # the converter raises plain exceptions
+                raise InvalidRequest(
+                    f"unsupported JSON schema: {exc}", param="response_format"
+                ) from exc
+        return SamplerConfig(
+            temperature=base.temperature if s.temperature is None else s.temperature,
+            top_k=base.top_k if s.top_k is None else s.top_k,
+            top_p=base.top_p if s.top_p is None else s.top_p,
+            min_p=base.min_p if s.min_p is None else s.min_p,
+            seed=random.getrandbits(32) if s.seed is None else s.seed,
+            repeat_penalty=base.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty,
+            repeat_last_n=base.repeat_last_n if s.repeat_last_n is None else s.repeat_last_n,
+            presence_penalty=s.presence_penalty or 0.0,
+            frequency_penalty=s.frequency_penalty or 0.0,
+            grammar=grammar,
+        )
+
+
+def _human_params(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}".replace(".0", "")
+    return str(n)
+
+
+__all__ = ["EngineBackend", "EngineOptions", "GatewayError"]

@@ -1,0 +1,312 @@
+"""Continuous batching: one thread owns the llama.cpp context and decodes all live sequences.
+
+Each step builds one batch: one decode token for every sequence that is
+generating, then prompt chunks (oldest first) up to the step's token budget, so
+a long prompt is prefilled over several steps and never stalls the others.
+llama_decode runs once per step (ctypes releases the GIL meanwhile), each
+sequence samples from its own logits, and the step's output is handed to the
+event loop in one thread-safe call.
+
+Requests enter through a bounded waiting queue; a sequence id is taken when
+one is free and the KV cache has room for the prompt. Should the cache still
+run full mid-generation, the newest sequence is preempted: its cells are freed
+and it re-enters the queue to be recomputed, its output stream unaffected.
+A cancelled request is dropped at the start of the next step and its cells freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_gateway.engine.llama import Batch, Context, LlamaError, Model, Sampler
+from llm_gateway.engine.text import TextStream
+from llm_gateway.errors import BackendError, GatewayError, Overloaded
+from llm_gateway.types import FinishReason, Usage
+
+log = logging.getLogger(__name__)
+
+# Events handed to the request's asyncio queue.
+Event = tuple[str, Any]
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's life in the engine. Fields below `queue` belong to the engine thread."""
+
+    prompt: list[int]
+    max_tokens: int
+    smpl: Sampler | None
+    stops: list[str]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False  # set by the event loop thread; read by the engine thread
+    submitted_ns: int = field(default_factory=time.perf_counter_ns)
+    # --- engine thread only ---
+    seq: int = -1
+    tokens: list[int] = field(default_factory=list)  # everything to be in the KV cache
+    n_cached: int = 0  # how many of `tokens` are in the cache
+    generated: int = 0
+    started_ns: int = 0
+    first_token_ns: int = 0
+    text: TextStream | None = None
+    logits_at: int = -1
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_sequences: int
+    queue_size: int
+    batch_size: int
+    n_ctx: int
+    max_seq_len: int
+
+
+class Scheduler:
+    """See module docstring. `submit` and `cancel` are called from the event loop."""
+
+    def __init__(self, model: Model, ctx: Context, cfg: SchedulerConfig) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.cfg = cfg
+        self._batch = Batch(cfg.batch_size)
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._active: list[Job] = []
+        self._free_seqs = list(range(cfg.max_sequences - 1, -1, -1))
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self.failed: str | None = None
+        # Live figures for /health and metrics (written by the engine thread).
+        self.tokens_generated = 0
+        self.steps = 0
+
+    # ---- called from the event loop -------------------------------------
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for job in [*self._waiting, *self._active]:
+            self._finish_error(job, BackendError("the engine is shutting down"))
+            _close_sampler(job)
+        self._flush_now()
+        self._batch.close()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self.failed is not None:
+                raise BackendError(f"the engine has failed: {self.failed}")
+            if len(self._waiting) >= self.cfg.queue_size + max(0, len(self._free_seqs)):
+                raise Overloaded(
+                    f"engine queue is full ({self.cfg.queue_size} waiting); retry shortly",
+                    retry_after=1,
+                )
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled = True
+        with self._cond:
+            self._cond.notify()
+
+    def state(self) -> dict[str, int]:
+        return {
+            "active_sequences": len(self._active),
+            "queued": len(self._waiting),
+            "max_sequences": self.cfg.max_sequences,
+            "kv_cells_used": self._cells_used(),
+            "kv_cells": self.cfg.n_ctx,
+            "tokens_generated": self.tokens_generated,
+        }
+
+    # ---- engine thread ----------------------------------------------------
+    _out: list[tuple[Job, Event]]
+
+    def _run(self) -> None:
+        self._out = []
+        try:
+            while self._wait_for_work():
+                self._step()
+                self._flush_now()
+        except Exception as exc:  # the engine must never die silently
+            log.exception("engine thread failed")
+            self.failed = str(exc)
+            with self._cond:
+                jobs = [*self._waiting, *self._active]
+                self._waiting.clear()
+                self._active.clear()
+            for job in jobs:
+                self._finish_error(job, BackendError(f"engine failure: {exc}"))
+            self._flush_now()
+
+    def _wait_for_work(self) -> bool:
+        with self._cond:
+            while self._running and not self._active and not self._waiting:
+                self._cond.wait()
+            return self._running
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        if not self._active:
+            return
+        self._fill_batch()
+        try:
+            self.ctx.decode(self._batch)
+        except LlamaError:
+            if len(self._active) > 1:
+                # KV cache full (or a transient failure): recompute the newest later.
+                self._preempt(self._active[-1])
+                return
+            raise
+        self.steps += 1
+        now = time.perf_counter_ns()
+        for job in list(self._active):
+            if job.logits_at >= 0:
+                self._sample(job, now)
+
+    def _drop_cancelled(self) -> None:
+        with self._cond:
+            for job in [j for j in self._waiting if j.cancelled]:
+                self._waiting.remove(job)
+                _close_sampler(job)
+        for job in [j for j in self._active if j.cancelled]:
+            self._release(job)
+
+    def _cells_used(self) -> int:
+        return sum(len(j.tokens) + 1 for j in self._active)
+
+    def _admit(self) -> None:
+        with self._cond:
+            while self._waiting and self._free_seqs:
+                job = self._waiting[0]
+                need = (len(job.tokens) or len(job.prompt)) + 1
+                if self._active and self._cells_used() + need > self.cfg.n_ctx:
+                    break  # wait for cells to free up
+                self._waiting.popleft()
+                self._activate(job)
+
+    def _activate(self, job: Job) -> None:
+        job.seq = self._free_seqs.pop()
+        if job.text is None:  # first admission (not a resumed preemption)
+            job.tokens = list(job.prompt)
+            job.text = TextStream(job.stops)
+            job.started_ns = time.perf_counter_ns()
+        job.n_cached = 0
+        self._active.append(job)
+
+    def _fill_batch(self) -> None:
+        """Tokens not yet in the cache: one pending means decode, more means prefill."""
+        batch = self._batch
+        batch.clear()
+        for job in self._active:
+            job.logits_at = -1
+            if len(job.tokens) - job.n_cached == 1:
+                job.logits_at = batch.add(job.tokens[-1], job.n_cached, job.seq, True)
+                job.n_cached += 1
+        budget = batch.capacity - batch.size
+        for job in self._active:
+            if budget <= 0:
+                break
+            end = min(len(job.tokens), job.n_cached + budget)
+            if len(job.tokens) - job.n_cached <= 1:
+                continue
+            last = len(job.tokens) - 1
+            for pos in range(job.n_cached, end):
+                idx = batch.add(job.tokens[pos], pos, job.seq, pos == last)
+            if end == len(job.tokens):
+                job.logits_at = idx
+            budget -= end - job.n_cached
+            job.n_cached = end
+
+    def _sample(self, job: Job, now: int) -> None:
+        assert job.smpl is not None and job.text is not None
+        token = job.smpl.sample(self.ctx, job.logits_at)
+        if job.first_token_ns == 0:
+            job.first_token_ns = now
+        if self.model.is_eog(token):
+            self._finish(job, "stop")
+            return
+        job.generated += 1
+        self.tokens_generated += 1
+        job.tokens.append(token)
+        piece = job.text.feed(self.model.piece(token))
+        if piece:
+            self._out.append((job, ("text", piece)))
+        if job.text.stopped:
+            self._finish(job, "stop")
+        elif job.generated >= job.max_tokens or len(job.tokens) >= self.cfg.max_seq_len:
+            self._finish(job, "length")
+
+    def _finish(self, job: Job, reason: FinishReason) -> None:
+        assert job.text is not None
+        tail = job.text.flush()
+        if tail:
+            self._out.append((job, ("text", tail)))
+        end = time.perf_counter_ns()
+        first = job.first_token_ns or end
+        usage = Usage(
+            prompt_tokens=len(job.prompt),
+            completion_tokens=job.generated,
+            prompt_ns=first - job.started_ns,
+            eval_ns=end - first,
+            total_ns=end - job.submitted_ns,
+        )
+        self._out.append((job, ("done", (reason, usage))))
+        self._release(job)
+
+    def _finish_error(self, job: Job, exc: GatewayError) -> None:
+        self._out.append((job, ("error", exc)))
+
+    def _release(self, job: Job) -> None:
+        self._active.remove(job)
+        self.ctx.forget(job.seq)
+        self._free_seqs.append(job.seq)
+        job.seq = -1
+        _close_sampler(job)
+
+    def _preempt(self, job: Job) -> None:
+        log.warning("KV cache full: preempting a sequence of %d tokens", len(job.tokens))
+        self._active.remove(job)
+        self.ctx.forget(job.seq)
+        self._free_seqs.append(job.seq)
+        job.n_cached = 0
+        with self._cond:
+            self._waiting.appendleft(job)
+
+    def _flush_now(self) -> None:
+        """Hand this step's events to the event loop(s) in one call per loop."""
+        if not self._out:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Event]]] = {}
+        for job, event in self._out:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        self._out = []
+        for loop, items in by_loop.items():
+            # A closed loop raises RuntimeError: nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[Job, Event]]) -> None:
+    for job, event in items:
+        job.queue.put_nowait(event)
+
+
+def _close_sampler(job: Job) -> None:
+    if job.smpl is not None:
+        job.smpl.close()
+        job.smpl = None

@@ -1,0 +1,115 @@
+"""Typed errors raised by the core and rendered at each protocol's edge.
+
+    GatewayError                   status  type
+    ├── InvalidRequest             400     invalid_request_error
+    │   └── ContextLengthExceeded  400     invalid_request_error (code context_length_exceeded)
+    ├── Unauthorized               401     authentication_error
+    ├── NotFound                   404     not_found_error
+    │   └── ModelNotFound          404     not_found_error (code model_not_found)
+    ├── PayloadTooLarge            413     invalid_request_error
+    ├── Overloaded                 429/503 rate_limit_error / server_overloaded (Retry-After)
+    ├── NotReady                   503     service_unavailable
+    └── BackendError               500     server_error
+
+Each error knows its HTTP status, an OpenAI-style `type`, an optional `code`
+and `param`, and any extra response headers. Converters never build error
+bodies themselves: they call `to_openai_body()` / `to_ollama_body()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def to_openai_body(self) -> dict[str, Any]:
+        """OpenAI's error envelope: {"error": {message, type, param, code}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_ollama_body(self) -> dict[str, Any]:
+        """Ollama's error envelope: {"error": "..."}."""
+        return {"error": self.message}
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model '{model}' not found", param="model")
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class Overloaded(GatewayError):
+    """Admission refused: the queue is full. Carries Retry-After."""
+
+    status = 503
+    type = "server_overloaded"
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: int = 1, status: int = 503) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.status = status
+        if status == 429:
+            self.type = "rate_limit_error"
+
+
+class NotReady(GatewayError):
+    status = 503
+    type = "service_unavailable"
+
+
+class BackendError(GatewayError):
+    status = 500
+    type = "server_error"

@@ -1,0 +1,99 @@
+"""Every setting of the gateway, in one class, each with a default and a description.
+
+Values come from environment variables (the seed's GATEWAY_HOST, GATEWAY_PORT,
+JWT_SECRET, MODEL_PATH, LOG_LEVEL, and GATEWAY_* for the rest) or from the
+command line, which overrides the environment. Nothing here does I/O at import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/llm-gateway, else ~/.local/share/llm-gateway."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llm-gateway"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Gateway settings. Environment names are given in each field's alias."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- server -----------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Address to bind.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to bind.")
+    log_level: LogLevel = Field(
+        "INFO", validation_alias=_env("LOG_LEVEL"), description="Logging level."
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Directory for local state (generated JWT secret, SQLite files).",
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes); 413 above."
+    )
+
+    # --- security ---------------------------------------------------------
+    jwt_secret: str | None = Field(
+        None,
+        validation_alias=_env("JWT_SECRET"),
+        description="Secret for JWT signing; generated once and kept in the data directory "
+        "when unset.",
+    )
+
+    # --- models -----------------------------------------------------------
+    model_path: Path | None = Field(
+        None,
+        validation_alias=_env("MODEL_PATH"),
+        description="A local GGUF file, or a folder of them, to serve instead of the built-in "
+        "model.",
+    )
+    config: Path | None = Field(
+        None, description="YAML models file listing models, their backends and aliases."
+    )
+
+    # --- in-process engine (defaults measured on a 2-core machine) ---------
+    ctx_size: int = Field(
+        8192, ge=256, description="KV-cache size in tokens, shared by all live sequences."
+    )
+    max_sequences: int = Field(
+        8, ge=1, le=256, description="Sequences decoded together in one batch."
+    )
+    threads: int = Field(
+        0, ge=0, description="Threads llama.cpp decodes with; 0 picks one per CPU core."
+    )
+    batch_size: int = Field(
+        256, ge=16, description="Most tokens decoded in one engine step (prompt chunks + decodes)."
+    )
+    queue_size: int = Field(
+        64, ge=0, description="Requests waiting for a free sequence before 503 queue full."
+    )
+    default_max_tokens: int = Field(
+        2048, ge=1, description="Completion token cap when a request sets none."
+    )
+    engine_dummy: bool = Field(
+        False,
+        description="Serve the deterministic dummy backend instead of the built-in model "
+        "(for tests and overhead benchmarks).",
+    )
+
+    def resolved_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 1)
