@@ -26,6 +26,14 @@ def _env_name(name: str) -> str:
     return f"GATEWAY_{name.upper()}"
 
 
+_METAVARS = {
+    "<class 'int'>": "INT",
+    "<class 'pathlib.Path'>": "PATH",
+    "pathlib.Path | None": "PATH",
+    "str | None": "TEXT",
+}
+
+
 def _settings_options(func: Any) -> Any:
     for name, field in reversed(list(Settings.model_fields.items())):
         default = field.get_default(call_default_factory=False)
@@ -37,7 +45,8 @@ def _settings_options(func: Any) -> Any:
         if field.annotation is bool:
             option = click.option(flag, name, is_flag=True, default=None, help=help_text)
         else:
-            option = click.option(flag, name, default=None, help=help_text)
+            metavar = _METAVARS.get(str(field.annotation), "TEXT")
+            option = click.option(flag, name, default=None, metavar=metavar, help=help_text)
         func = option(func)
     return func
 
