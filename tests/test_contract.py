@@ -163,3 +163,28 @@ def test_ollama_model_endpoints(ol: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as info:
         ol.generate(model="no-such-model", prompt="x")
     assert info.value.status_code == 404
+
+
+def _engine_state(server: str) -> dict[str, int]:
+    state: dict[str, int] = httpx.get(f"{server}/health").json()["models"][MODEL]
+    return state
+
+
+def test_client_disconnect_aborts_generation(server: str) -> None:
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+    }
+    before = _engine_state(server)["tokens_generated"]
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        for _ in range(4):
+            next(lines)
+    deadline = time.monotonic() + 10
+    while _engine_state(server)["active_sequences"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = _engine_state(server)
+    assert state["active_sequences"] == 0 and state["kv_cells_used"] == 0
+    assert state["tokens_generated"] - before < 1000  # stopped long before max_tokens

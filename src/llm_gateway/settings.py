@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+Quantization = Literal["none", "q4_0", "q4_1", "q8_0"]
 
 
 def default_data_dir() -> Path:
@@ -88,6 +89,11 @@ class Settings(BaseSettings):
     )
     default_max_tokens: int = Field(
         2048, ge=1, description="Completion token cap when a request sets none."
+    )
+    quantize: Quantization = Field(
+        "none",
+        description="Requantize GGUF models to this type once at start-up (cached in the data "
+        "directory): q4_0, q4_1, q8_0, or none to run files as they are.",
     )
     engine_dummy: bool = Field(
         False,

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,25 +52,18 @@ FILE_TYPES = {
 _INLINE_TOKENIZE_CHARS = 8192
 
 
+@dataclass(frozen=True, kw_only=True)
 class EngineOptions:
     """Engine sizing for one model (from Settings, overridable per model)."""
 
-    def __init__(
-        self,
-        *,
-        ctx_size: int,
-        max_sequences: int,
-        threads: int,
-        batch_size: int,
-        queue_size: int,
-        default_max_tokens: int,
-    ) -> None:
-        self.ctx_size = ctx_size
-        self.max_sequences = max_sequences
-        self.threads = threads
-        self.batch_size = batch_size
-        self.queue_size = queue_size
-        self.default_max_tokens = default_max_tokens
+    ctx_size: int
+    max_sequences: int
+    threads: int
+    batch_size: int
+    queue_size: int
+    default_max_tokens: int
+    quantize: str = "none"
+    cache_dir: Path | None = None
 
 
 class EngineBackend:
@@ -100,8 +94,9 @@ class EngineBackend:
         started = time.perf_counter_ns()
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
-        log.info("loading model %s from %s", self.name, self.path)
-        model = Model(self.path, progress=self._on_progress)
+        path = self._quantized(self.path)
+        log.info("loading model %s from %s", self.name, path)
+        model = Model(path, progress=self._on_progress)
         opts = self.options
         n_ctx = min(opts.ctx_size, max(model.facts.n_ctx_train, 256) * opts.max_sequences)
         ctx = Context(
@@ -138,6 +133,25 @@ class EngineBackend:
             opts.threads,
             self._load_ns / 1e9,
         )
+
+    def _quantized(self, source: Path) -> Path:
+        """The file to load: the source, or its requantized copy (made once, then cached)."""
+        from llm_gateway.engine.llama import FTYPES, quantize
+
+        target_type = self.options.quantize
+        if target_type == "none" or self.options.cache_dir is None:
+            return source
+        stat = source.stat()
+        tag = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        target = self.options.cache_dir / f"{source.stem}.{tag.hexdigest()[:12]}.{target_type}.gguf"
+        if target.is_file():
+            return target
+        self.options.cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        log.info("requantizing %s to %s (once; cached as %s)", source.name, target_type, target)
+        quantize(source, partial, FTYPES[target_type], self.options.threads)
+        partial.replace(target)
+        return target
 
     def _on_progress(self, fraction: float) -> None:
         step = int(fraction * 10)
