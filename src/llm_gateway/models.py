@@ -205,6 +205,7 @@ def build_backend(spec: ModelSpec, settings: Settings) -> Backend:
         default_max_tokens=settings.default_max_tokens,
         quantize=spec.quantize or settings.quantize,
         cache_dir=settings.data_dir / "models",
+        stream_interval_ms=settings.stream_interval_ms,
     )
     return EngineBackend(spec.name, spec.path, options)
 

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(
         2048, ge=1, description="Completion token cap when a request sets none."
     )
+    stream_interval_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Engine hands tokens to the HTTP side at most this often (ms); the first "
+        "token and the end go out at once. 0 sends every token as it is sampled.",
+    )
     quantize: Quantization = Field(
         "none",
         description="Requantize GGUF models to this type once at start-up (cached in the data "

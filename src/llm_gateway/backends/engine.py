@@ -64,6 +64,7 @@ class EngineOptions:
     default_max_tokens: int
     quantize: str = "none"
     cache_dir: Path | None = None
+    stream_interval_ms: float = 0.0
 
 
 class EngineBackend:
@@ -118,6 +119,7 @@ class EngineBackend:
             batch_size=opts.batch_size,
             n_ctx=ctx.n_ctx,
             max_seq_len=min(ctx.n_ctx, model.facts.n_ctx_train or ctx.n_ctx),
+            flush_interval_s=opts.stream_interval_ms / 1000,
         )
         self._model, self._ctx = model, ctx
         self._details = self._describe(model, cfg.max_seq_len)

@@ -66,6 +66,7 @@ class SchedulerConfig:
     batch_size: int
     n_ctx: int
     max_seq_len: int
+    flush_interval_s: float = 0.0
 
 
 class Scheduler:
@@ -86,6 +87,9 @@ class Scheduler:
         # Live figures for /health and metrics (written by the engine thread).
         self.tokens_generated = 0
         self.steps = 0
+        self._out: list[tuple[Job, Event]] = []
+        self._urgent = False  # a first token, an end or an error is waiting to go out
+        self._last_flush = 0.0
 
     # ---- called from the event loop -------------------------------------
     def start(self) -> None:
@@ -133,14 +137,11 @@ class Scheduler:
         }
 
     # ---- engine thread ----------------------------------------------------
-    _out: list[tuple[Job, Event]]
-
     def _run(self) -> None:
-        self._out = []
         try:
             while self._wait_for_work():
                 self._step()
-                self._flush_now()
+                self._flush()
         except Exception as exc:  # the engine must never die silently
             log.exception("engine thread failed")
             self.failed = str(exc)
@@ -245,6 +246,7 @@ class Scheduler:
         job.tokens.append(token)
         piece = job.text.feed(self.model.piece(token))
         if piece:
+            self._urgent |= job.generated == 1
             self._out.append((job, ("text", piece)))
         if job.text.stopped:
             self._finish(job, "stop")
@@ -266,10 +268,12 @@ class Scheduler:
             total_ns=end - job.submitted_ns,
         )
         self._out.append((job, ("done", (reason, usage))))
+        self._urgent = True
         self._release(job)
 
     def _finish_error(self, job: Job, exc: GatewayError) -> None:
         self._out.append((job, ("error", exc)))
+        self._urgent = True
 
     def _release(self, job: Job) -> None:
         self._active.remove(job)
@@ -287,8 +291,21 @@ class Scheduler:
         with self._cond:
             self._waiting.appendleft(job)
 
+    def _flush(self) -> None:
+        """Hand events over, at most once per flush interval unless one is urgent.
+
+        Each hand-over wakes the event loop thread, which then competes with the
+        decode threads for the CPU; on a small machine, batching a few tokens
+        per wake-up is worth more than the few milliseconds it holds them.
+        """
+        now = time.perf_counter()
+        if self._urgent or now - self._last_flush >= self.cfg.flush_interval_s:
+            self._flush_now()
+            self._last_flush = now
+
     def _flush_now(self) -> None:
-        """Hand this step's events to the event loop(s) in one call per loop."""
+        """Hand the pending events to the event loop(s) in one call per loop."""
+        self._urgent = False
         if not self._out:
             return
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Event]]] = {}
