@@ -39,6 +39,16 @@ def test_models_file_with_aliases(tmp_path: Path) -> None:
     assert [s.name for s in specs] == ["local", "echo"]
     assert specs[0].path == builtin_model_path() and specs[0].overrides == {"ctx_size": 2048}
     assert specs[0].aliases == ("llama-3.1-8b-instruct",)
+    assert specs[0].quantize == "q8_0"  # the built-in model's measured default
+
+
+def test_global_quantize_setting_wins(tmp_path: Path) -> None:
+    from llm_gateway.models import build_backend
+
+    spec = load_specs(Settings(data_dir=tmp_path))[0]
+    assert spec.quantize == "q8_0"
+    backend = build_backend(spec, Settings(data_dir=tmp_path, quantize="none"))
+    assert backend.options.quantize == "none"  # type: ignore[attr-defined]
 
 
 def test_alias_reaches_the_model_through_the_api(tmp_path: Path) -> None:

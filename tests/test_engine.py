@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,22 @@ async def test_full_queue_is_refused_with_retry_after() -> None:
         assert any(isinstance(r, tuple) for r in results)
     finally:
         await small.stop()
+
+
+async def test_requantized_copy_is_made_once_and_reused(tmp_path: Path) -> None:
+    opts = options(max_sequences=1)
+    cached = EngineOptions(**{**opts.__dict__, "quantize": "q8_0", "cache_dir": tmp_path})
+    first = EngineBackend("q8", builtin_model_path(), cached)
+    await first.start()
+    try:
+        assert first.details().quantization_level == "Q8_0"
+        text, _ = await run(first, chat("Say hello.", max_tokens=4))
+        assert text
+    finally:
+        await first.stop()
+    (copy,) = tmp_path.glob("*.q8_0.gguf")
+    made = copy.stat().st_mtime_ns
+    again = EngineBackend("q8", builtin_model_path(), cached)
+    await again.start()
+    await again.stop()
+    assert copy.stat().st_mtime_ns == made

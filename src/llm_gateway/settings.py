@@ -96,10 +96,11 @@ class Settings(BaseSettings):
         description="Engine hands tokens to the HTTP side at most this often (ms); the first "
         "token and the end go out at once. 0 sends every token as it is sampled.",
     )
-    quantize: Quantization = Field(
-        "none",
-        description="Requantize GGUF models to this type once at start-up (cached in the data "
-        "directory): q4_0, q4_1, q8_0, or none to run files as they are.",
+    quantize: Quantization | None = Field(
+        None,
+        description="Requantize every GGUF model to this type once at start-up (cached in the "
+        "data directory): q4_0, q4_1, q8_0, or none to run files as they are. Unset: each "
+        "model's own choice (the built-in model runs as q8_0, measured fastest here).",
     )
     engine_dummy: bool = Field(
         False,
