@@ -95,6 +95,22 @@ async def test_greedy_output_is_reproducible(engine: EngineBackend) -> None:
     assert first == second
 
 
+async def test_shared_prompt_prefix_is_not_prefilled_again(engine: EngineBackend) -> None:
+    system = Message("system", "You are a pirate who answers in one short sentence. " * 4)
+    first = GenerationRequest(
+        model="m", messages=[system, Message("user", "Hi!")], max_tokens=4, sampling=GREEDY
+    )
+    other = GenerationRequest(
+        model="m", messages=[system, Message("user", "Bye!")], max_tokens=4, sampling=GREEDY
+    )
+    _, a = await run(engine, first)
+    _, b = await run(engine, other)
+    _, again = await run(engine, first)
+    assert a.usage is not None and b.usage is not None and again.usage is not None
+    assert 40 < b.usage.cached_tokens < b.usage.prompt_tokens
+    assert again.usage.cached_tokens == again.usage.prompt_tokens - 1
+
+
 async def test_cancelling_one_stream_leaves_the_others_intact(engine: EngineBackend) -> None:
     async def cancelled() -> int:
         stream = engine.stream(chat("Tell me a long story about a dragon.", max_tokens=200))

@@ -71,6 +71,7 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the KV cache, not prefilled
     prompt_ns: int = 0
     eval_ns: int = 0
     load_ns: int = 0

@@ -236,6 +236,14 @@ class Context:
         """Drop every cached token of a sequence (its cells become free)."""
         lc.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
+    def truncate(self, seq_id: int, keep: int) -> None:
+        """Keep a sequence's first `keep` positions, drop the rest."""
+        lc.llama_memory_seq_rm(self.memory, seq_id, keep, -1)
+
+    def share(self, src: int, dst: int, n: int) -> None:
+        """Let dst use src's cells for positions [0, n): no copy in a unified cache."""
+        lc.llama_memory_seq_cp(self.memory, src, dst, 0, n)
+
     def close(self) -> None:
         if self.ptr:
             lc.llama_free(self.ptr)

@@ -53,6 +53,7 @@ class Job:
     tokens: list[int] = field(default_factory=list)  # everything to be in the KV cache
     n_cached: int = 0  # how many of `tokens` are in the cache
     generated: int = 0
+    reused: int = -1  # prompt tokens found in the cache at first admission
     started_ns: int = 0
     first_token_ns: int = 0
     text: TextStream | None = None
@@ -81,6 +82,10 @@ class Scheduler:
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []
         self._free_seqs = list(range(cfg.max_sequences - 1, -1, -1))
+        # Free sequence ids whose cells still hold the tokens of a finished request:
+        # a new request that starts the same way (system prompt, chat history)
+        # continues from there instead of prefilling it again.
+        self._cached: dict[int, list[int]] = {}
         self._running = False
         self._thread: threading.Thread | None = None
         self.failed: str | None = None
@@ -132,6 +137,7 @@ class Scheduler:
             "queued": len(self._waiting),
             "max_sequences": self.cfg.max_sequences,
             "kv_cells_used": self._cells_used(),
+            "kv_cells_cached": self._cells_cached(),
             "kv_cells": self.cfg.n_ctx,
             "tokens_generated": self.tokens_generated,
         }
@@ -190,27 +196,79 @@ class Scheduler:
     def _cells_used(self) -> int:
         return sum(len(j.tokens) + 1 for j in self._active)
 
+    def _cells_cached(self) -> int:
+        return sum(len(t) for t in self._cached.values())
+
     def _admit(self) -> None:
         with self._cond:
             while self._waiting and self._free_seqs:
                 job = self._waiting[0]
                 need = (len(job.tokens) or len(job.prompt)) + 1
+                self._evict_cache_for(need)
                 if self._active and self._cells_used() + need > self.cfg.n_ctx:
                     break  # wait for cells to free up
                 self._waiting.popleft()
                 self._activate(job)
 
+    def _evict_cache_for(self, need: int) -> None:
+        """Drop idle cached prefixes, largest first, until `need` more cells fit."""
+        while self._cached and self._cells_used() + self._cells_cached() + need > self.cfg.n_ctx:
+            seq = max(self._cached, key=lambda s: len(self._cached[s]))
+            self.ctx.forget(seq)
+            del self._cached[seq]
+
     def _activate(self, job: Job) -> None:
-        job.seq = self._free_seqs.pop()
         if job.text is None:  # first admission (not a resumed preemption)
             job.tokens = list(job.prompt)
             job.text = TextStream(job.stops)
             job.started_ns = time.perf_counter_ns()
-        job.n_cached = 0
+        job.seq, job.n_cached = self._pick_sequence(job.tokens)
+        if job.reused < 0:
+            job.reused = job.n_cached
         self._active.append(job)
 
+    def _pick_sequence(self, tokens: list[int]) -> tuple[int, int]:
+        """A free sequence id, and how many leading tokens it already holds in the cache.
+
+        The longest common prefix is looked for in the caches of free sequences
+        and in live ones. It is shared (llama_memory_seq_cp: no copy in a unified
+        cache) into the free sequence with the least worth keeping, so the cache
+        it came from stays intact; only when the source is the last free
+        sequence is it truncated in place. The last token is always decoded
+        again: its logits give the next token.
+        """
+        limit = len(tokens) - 1
+        source, reuse = -1, 0
+        for free in self._free_seqs:
+            n = common_prefix(self._cached.get(free, ()), tokens, limit)
+            if n > reuse:
+                source, reuse = free, n
+        for job in self._active:
+            n = common_prefix(job.tokens[: job.n_cached], tokens, limit)
+            if n > reuse:
+                source, reuse = job.seq, n
+        others = [s for s in self._free_seqs if s != source]
+        # The emptiest other sequence gives up its cache; the source keeps its own.
+        seq = min(others, key=lambda s: len(self._cached.get(s, ()))) if others else source
+        self._free_seqs.remove(seq)
+        self._cached.pop(seq, None)
+        if seq == source:
+            self.ctx.truncate(seq, reuse)
+        else:
+            self.ctx.forget(seq)
+            if reuse:
+                self.ctx.share(source, seq, reuse)
+        return seq, reuse
+
     def _fill_batch(self) -> None:
-        """Tokens not yet in the cache: one pending means decode, more means prefill."""
+        """Tokens not yet in the cache: one pending means decode, more means prefill.
+
+        Prefill stops one token short: the last prompt token is decoded like a
+        generated one, against a cache that holds exactly the tokens before it.
+        A repeated request whose prompt is found in the cache then computes the
+        same logits as the first time (batch shapes change llama.cpp's
+        arithmetic), so greedy output stays reproducible with prefix reuse.
+        """
         batch = self._batch
         batch.clear()
         for job in self._active:
@@ -220,16 +278,11 @@ class Scheduler:
                 job.n_cached += 1
         budget = batch.capacity - batch.size
         for job in self._active:
-            if budget <= 0:
-                break
-            end = min(len(job.tokens), job.n_cached + budget)
-            if len(job.tokens) - job.n_cached <= 1:
+            end = min(len(job.tokens) - 1, job.n_cached + budget)
+            if end <= job.n_cached:
                 continue
-            last = len(job.tokens) - 1
             for pos in range(job.n_cached, end):
-                idx = batch.add(job.tokens[pos], pos, job.seq, pos == last)
-            if end == len(job.tokens):
-                job.logits_at = idx
+                batch.add(job.tokens[pos], pos, job.seq, False)
             budget -= end - job.n_cached
             job.n_cached = end
 
@@ -263,6 +316,7 @@ class Scheduler:
         usage = Usage(
             prompt_tokens=len(job.prompt),
             completion_tokens=job.generated,
+            cached_tokens=max(job.reused, 0),
             prompt_ns=first - job.started_ns,
             eval_ns=end - first,
             total_ns=end - job.submitted_ns,
@@ -277,7 +331,7 @@ class Scheduler:
 
     def _release(self, job: Job) -> None:
         self._active.remove(job)
-        self.ctx.forget(job.seq)
+        self._cached[job.seq] = job.tokens[: job.n_cached]
         self._free_seqs.append(job.seq)
         job.seq = -1
         _close_sampler(job)
@@ -321,6 +375,15 @@ class Scheduler:
 def _deliver(items: list[tuple[Job, Event]]) -> None:
     for job, event in items:
         job.queue.put_nowait(event)
+
+
+def common_prefix(a: list[int] | tuple[()], b: list[int], limit: int) -> int:
+    """How many leading tokens a and b share, at most limit."""
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _close_sampler(job: Job) -> None:

@@ -156,12 +156,13 @@ def wants_usage_in_stream(body: ChatCompletionRequest | CompletionRequest) -> bo
 
 
 # ---- responses --------------------------------------------------------------
-def usage_body(usage: Usage | None) -> dict[str, int]:
+def usage_body(usage: Usage | None) -> dict[str, Any]:
     u = usage or Usage()
     return {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     }
 
 
