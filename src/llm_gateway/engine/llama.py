@@ -150,62 +150,10 @@ class Model:
             self.ptr = None
 
 
-class _ThreadpoolParams(ctypes.Structure):
-    # struct ggml_threadpool_params (ggml.h); GGML_MAX_N_THREADS is 512.
-    _fields_ = [
-        ("cpumask", ctypes.c_bool * 512),
-        ("n_threads", ctypes.c_int),
-        ("prio", ctypes.c_int),
-        ("poll", ctypes.c_uint32),
-        ("strict_cpu", ctypes.c_bool),
-        ("paused", ctypes.c_bool),
-    ]
-
-
-def _native(name: str) -> ctypes.CDLL:
-    """One of the shared libraries llama-cpp-python ships (already loaded by it)."""
-    return ctypes.CDLL(str(Path(lc.__file__).parent / "lib" / name))
-
-
-class Threadpool:
-    """llama.cpp's worker threads, made by us so that their spin-polling is a setting.
-
-    ggml's default pool spins (poll=50) after each graph: good on an idle
-    many-core box, but on a small machine the spinning threads take the cores
-    the HTTP event loop needs between decode steps.
-    """
-
-    def __init__(self, threads: int, poll: int) -> None:
-        base, cpu = _native("libggml-base.so"), _native("libggml-cpu.so")
-        base.ggml_threadpool_params_default.restype = _ThreadpoolParams
-        base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
-        cpu.ggml_threadpool_new.restype = ctypes.c_void_p
-        cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
-        cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
-        self._free = cpu.ggml_threadpool_free
-        params = base.ggml_threadpool_params_default(threads)
-        params.poll = poll
-        self.ptr = cpu.ggml_threadpool_new(ctypes.byref(params))
-        if not self.ptr:
-            raise LlamaError("ggml could not create a thread pool")
-
-    def attach(self, ctx_ptr: Any) -> None:
-        llama = _native("libllama.so")
-        llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p] * 3
-        llama.llama_attach_threadpool(ctx_ptr, self.ptr, self.ptr)
-
-    def close(self) -> None:
-        if self.ptr:
-            self._free(self.ptr)
-            self.ptr = None
-
-
 class Context:
     """A llama.cpp context: one KV cache shared by up to n_seq sequences."""
 
-    def __init__(
-        self, model: Model, *, n_ctx: int, n_batch: int, n_seq: int, threads: int, poll: int = 50
-    ) -> None:
+    def __init__(self, model: Model, *, n_ctx: int, n_batch: int, n_seq: int, threads: int) -> None:
         params = lc.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -221,8 +169,6 @@ class Context:
         if not ptr:
             raise LlamaError("llama.cpp could not create a context (out of memory?)")
         self.ptr = ptr
-        self.pool = Threadpool(threads, poll)
-        self.pool.attach(ptr)
         self.memory = lc.llama_get_memory(ptr)
         self.n_ctx = int(lc.llama_n_ctx(ptr))
         self.n_seq = n_seq
@@ -248,7 +194,6 @@ class Context:
         if self.ptr:
             lc.llama_free(self.ptr)
             self.ptr = None
-        self.pool.close()
 
 
 class Batch:

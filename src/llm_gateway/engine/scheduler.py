@@ -231,11 +231,9 @@ class Scheduler:
         """A free sequence id, and how many leading tokens it already holds in the cache.
 
         The longest common prefix is looked for in the caches of free sequences
-        and in live ones. It is shared (llama_memory_seq_cp: no copy in a unified
-        cache) into the free sequence with the least worth keeping, so the cache
-        it came from stays intact; only when the source is the last free
-        sequence is it truncated in place. The last token is always decoded
-        again: its logits give the next token.
+        and in live ones; from a live one it is shared (llama_memory_seq_cp: no
+        copy in a unified cache). The last token is always decoded again: its
+        logits give the next token.
         """
         limit = len(tokens) - 1
         source, reuse = -1, 0
@@ -247,9 +245,12 @@ class Scheduler:
             n = common_prefix(job.tokens[: job.n_cached], tokens, limit)
             if n > reuse:
                 source, reuse = job.seq, n
-        others = [s for s in self._free_seqs if s != source]
-        # The emptiest other sequence gives up its cache; the source keeps its own.
-        seq = min(others, key=lambda s: len(self._cached.get(s, ()))) if others else source
+        # Continue in place when the prefix sits in a free sequence: its tail cells
+        # are freed and refilled, so the cache stays compact (llama.cpp attends over
+        # every cell up to the highest one in use, masked or not: a cache spread by
+        # copies costs each decode step ~10% here). Else take the least recently
+        # used free sequence; the free list is kept in release order.
+        seq = source if source in self._cached else self._free_seqs[0]
         self._free_seqs.remove(seq)
         self._cached.pop(seq, None)
         if seq == source:
