@@ -12,7 +12,7 @@ export CFLAGS   := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 export CXXFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 endif
 
-.PHONY: setup run test lint typecheck unit bench clean
+.PHONY: setup run test lint typecheck unit bench bench-quant clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,9 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python bench/engine_bench.py
+
+bench-quant: setup
+	$(BIN)/python bench/quant_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

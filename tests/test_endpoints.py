@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import orjson
 from starlette.testclient import TestClient
+
+from llm_gateway import Settings, create_app
 
 CHAT = {"model": "dummy", "messages": [{"role": "user", "content": "one two three four"}]}
 
@@ -143,3 +148,30 @@ def test_model_lists_agree(client: TestClient) -> None:
     show = client.post("/api/show", json={"model": "dummy:latest"}).json()
     assert show["details"]["family"] == "dummy"
     assert "version" in client.get("/api/version").json()
+
+
+def test_ready_turns_503_while_draining(client: TestClient) -> None:
+    assert client.get("/ready").status_code == 200
+    client.app.state.gateway.draining = True  # type: ignore[attr-defined]
+    r = client.get("/ready")
+    assert r.status_code == 503 and r.json() == {"status": "draining"}
+    assert client.get("/live").status_code == 200
+
+
+def test_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "models:\n  - {name: broken, path: missing.gguf}\n  - {name: dummy, backend: dummy}\n"
+    )
+    with TestClient(create_app(Settings(config=config, data_dir=tmp_path))) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/health").json()["models"]["broken"]["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        health = c.get("/health")
+        assert health.status_code == 503
+        assert "missing.gguf" in health.json()["models"]["broken"]["error"]
+        assert c.get("/ready").status_code == 503
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "broken"})
+        assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200

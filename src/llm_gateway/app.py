@@ -36,12 +36,12 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     return [Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
 
 
-async def _start_backend(state: GatewayState, entry: ModelEntry) -> None:
+async def _start_backend(entry: ModelEntry) -> None:
+    """Start one backend; a failure is logged and shown by the backend's own health()."""
     try:
         await entry.backend.start()
     except Exception as exc:
         log.error("model %s failed to load: %s", entry.name, exc)
-        state.load_errors[entry.name] = str(exc)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> Starlette:
         state.jwt_secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)
         loading = (
             asyncio.create_task(
-                asyncio.wait([asyncio.create_task(_start_backend(state, e)) for e in registry])
+                asyncio.wait([asyncio.create_task(_start_backend(e)) for e in registry])
             )
             if len(registry)
             else None

@@ -23,7 +23,6 @@ class GatewayState:
     service: InferenceService
     started_at: float = field(default_factory=time.time)
     draining: bool = False
-    load_errors: dict[str, str] = field(default_factory=dict)
     jwt_secret: str = ""
 
     @classmethod

@@ -37,8 +37,6 @@ async def info(request: Request) -> Response:
 async def health(request: Request) -> Response:
     state = GatewayState.of(request)
     models: dict[str, Any] = {e.name: e.backend.health() for e in state.registry}
-    for name, error in state.load_errors.items():
-        models[name] = {"status": "failed", "error": error}
     statuses = {m["status"] for m in models.values()}
     status = "failed" if "failed" in statuses else "ok" if statuses <= {"ok"} else "loading"
     if state.draining:

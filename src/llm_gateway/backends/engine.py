@@ -82,10 +82,15 @@ class EngineBackend:
         self._load_ns = 0
         self._details = ModelDetails()
         self.load_progress = 0.0
+        self.load_error: str | None = None
 
     # ---- lifecycle --------------------------------------------------------
     async def start(self) -> None:
-        await asyncio.to_thread(self._load)
+        try:
+            await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            raise
 
     def _load(self) -> None:
         from llm_gateway.engine.llama import Context, Model
@@ -193,6 +198,8 @@ class EngineBackend:
         return self._scheduler is not None and self._scheduler.failed is None
 
     def health(self) -> dict[str, Any]:
+        if self.load_error is not None:
+            return {"status": "failed", "backend": "engine", "error": self.load_error}
         if self._scheduler is None:
             return {
                 "status": "loading",
@@ -212,6 +219,8 @@ class EngineBackend:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         scheduler = self._scheduler
         if scheduler is None:
+            if self.load_error is not None:
+                raise NotReady(f"model '{self.name}' failed to load: {self.load_error}")
             raise NotReady(f"model '{self.name}' is still loading")
         job = await self._prepare(request)
         try:

@@ -68,6 +68,7 @@ class SchedulerConfig:
     n_ctx: int
     max_seq_len: int
     flush_interval_s: float = 0.0
+    idle_caches: int = 1
 
 
 class Scheduler:
@@ -336,6 +337,15 @@ class Scheduler:
         self._free_seqs.append(job.seq)
         job.seq = -1
         _close_sampler(job)
+        self._trim_idle_caches()
+
+    def _trim_idle_caches(self) -> None:
+        """Keep only the newest idle caches (the free list is in release order)."""
+        keep = self.cfg.idle_caches
+        idle = [s for s in self._free_seqs if s in self._cached]
+        for seq in idle[: max(0, len(idle) - keep)]:
+            self.ctx.forget(seq)
+            del self._cached[seq]
 
     def _preempt(self, job: Job) -> None:
         log.warning("KV cache full: preempting a sequence of %d tokens", len(job.tokens))
