@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         8192, ge=256, description="KV-cache size in tokens, shared by all live sequences."
     )
     max_sequences: int = Field(
-        8, ge=1, le=256, description="Sequences decoded together in one batch."
+        16, ge=1, le=256, description="Sequences decoded together in one batch."
     )
     threads: int = Field(
         0, ge=0, description="Threads llama.cpp decodes with; 0 picks one per CPU core."
