@@ -101,6 +101,8 @@ PEER_CTX = 4096
 READY_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 900.0
 RAW_WORKER_FLAG = "--raw-worker"
+# Our gateway authenticates every request: the bench runs it with this admin key.
+BENCH_KEY = "llmgw-benchadmin01-engine-bench-key"
 HEALTH_INTERVAL_S = 0.05
 HEALTH_TIMEOUT_S = 10.0
 HEALTH_P99_BAR_MS = 50.0
@@ -592,7 +594,7 @@ def launch_ours(args: argparse.Namespace, model: Path, tmp: Path) -> Started:
     cmd += ["--model-path", str(model)]
     if args.max_sequences is not None:
         cmd += ["--max-sequences", str(args.max_sequences)]
-    env = {**clean_env(), **dict(args.gateway_env)}
+    env = {**clean_env(), "GATEWAY_ADMIN_KEY": BENCH_KEY, **dict(args.gateway_env)}
     base = f"http://127.0.0.1:{port}"
     proc = spawn_server(cmd, env, tmp / "ours.log")
     return Started("ours", proc, tmp / "ours.log", base, f"{base}/ready")
@@ -680,7 +682,11 @@ async def http_target(
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0)
     client = await stack.enter_async_context(
         httpx.AsyncClient(
-            base_url=started.base_url, limits=limits, timeout=timeout, trust_env=False
+            base_url=started.base_url,
+            limits=limits,
+            timeout=timeout,
+            trust_env=False,
+            headers={"Authorization": f"Bearer {BENCH_KEY}"},  # ours checks it; the peer ignores it
         )
     )
     model = (await client.get("/v1/models")).json()["data"][0]["id"]

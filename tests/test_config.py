@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from starlette.testclient import TestClient
 
 from llm_gateway import Settings, create_app
 from llm_gateway.cli import main
 from llm_gateway.jwt_secret import ensure_jwt_secret
 from llm_gateway.models import ConfigError, Registry, builtin_model_path, load_specs
+from tests.conftest import ADMIN_KEY, admin_client
 
 
 def test_seed_environment_names_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,7 +54,7 @@ def test_global_quantize_setting_wins(tmp_path: Path) -> None:
 def test_alias_reaches_the_model_through_the_api(tmp_path: Path) -> None:
     config = tmp_path / "models.yaml"
     config.write_text("models:\n  - {name: dummy, backend: dummy, aliases: [llama-3.1-8b]}\n")
-    with TestClient(create_app(Settings(config=config, data_dir=tmp_path))) as client:
+    with admin_client(Settings(config=config, data_dir=tmp_path, admin_key=ADMIN_KEY)) as client:
         r = client.post(
             "/api/chat",
             json={

@@ -15,6 +15,8 @@ import ollama
 import openai
 import pytest
 
+from tests.conftest import ADMIN_KEY, AUTH
+
 pytestmark = pytest.mark.model
 
 MODEL = "smollm2-135m-instruct"
@@ -37,6 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "GATEWAY_DATA_DIR": str(data),
         "LOG_LEVEL": "WARNING",
         "GATEWAY_THREADS": "2",
+        "GATEWAY_ADMIN_KEY": ADMIN_KEY,
     }
     env.pop("JWT_SECRET", None)
     proc = subprocess.Popen([sys.executable, "-m", "llm_gateway", "serve"], env=env)
@@ -62,12 +65,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def oa(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=ADMIN_KEY, max_retries=0)
 
 
 @pytest.fixture
 def ol(server: str) -> ollama.Client:
-    return ollama.Client(host=server)
+    return ollama.Client(host=server, headers=AUTH)
 
 
 def test_openai_chat(oa: openai.OpenAI) -> None:
@@ -178,7 +181,9 @@ def test_client_disconnect_aborts_generation(server: str) -> None:
         "messages": [{"role": "user", "content": "Write a very long story."}],
     }
     before = _engine_state(server)["tokens_generated"]
-    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=30) as r:
+    with httpx.stream(
+        "POST", f"{server}/v1/chat/completions", json=body, timeout=30, headers=AUTH
+    ) as r:
         lines = r.iter_lines()
         for _ in range(4):
             next(lines)

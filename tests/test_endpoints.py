@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 from starlette.testclient import TestClient
 
-from llm_gateway import Settings, create_app
+from llm_gateway import Settings
+from tests.conftest import ADMIN_KEY, admin_client
 
 CHAT = {"model": "dummy", "messages": [{"role": "user", "content": "one two three four"}]}
 
@@ -163,7 +164,7 @@ def test_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
     config.write_text(
         "models:\n  - {name: broken, path: missing.gguf}\n  - {name: dummy, backend: dummy}\n"
     )
-    with TestClient(create_app(Settings(config=config, data_dir=tmp_path))) as c:
+    with admin_client(Settings(config=config, data_dir=tmp_path, admin_key=ADMIN_KEY)) as c:
         deadline = time.monotonic() + 10
         while c.get("/health").json()["models"]["broken"]["status"] == "loading":
             assert time.monotonic() < deadline

@@ -17,23 +17,60 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from llm_gateway.api import health
+from llm_gateway.api import keys as keys_routes
 from llm_gateway.api.http import gateway_error_handler, http_error_handler, unexpected_error_handler
 from llm_gateway.api.limits import BodyLimit
 from llm_gateway.api.ollama import routes as ollama_routes
 from llm_gateway.api.openai import routes as openai_routes
+from llm_gateway.auth import Authenticator, AuthMiddleware, JwtVerifier
 from llm_gateway.errors import GatewayError
 from llm_gateway.jwt_secret import ensure_jwt_secret
+from llm_gateway.keys import KeyStore, ensure_admin_key
 from llm_gateway.models import ModelEntry, build_registry
 from llm_gateway.service import InferenceService
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
+from llm_gateway.store.database import create_engine, migrate, resolve_url
 
 log = logging.getLogger(__name__)
 
 
-def build_middleware(settings: Settings) -> list[Middleware]:
+def build_middleware(settings: Settings, state: GatewayState) -> list[Middleware]:
     """The middleware stack, outermost first."""
-    return [Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
+    return [
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
+        Middleware(AuthMiddleware, state=state, enabled=settings.auth),
+    ]
+
+
+async def open_store(state: GatewayState) -> None:
+    """Database, migrations, key store, first admin key, authenticator."""
+    settings = state.settings
+    state.database = create_engine(resolve_url(settings.database_url, settings.data_dir))
+    await migrate(state.database)
+    state.key_store = KeyStore(state.database)
+    created = await ensure_admin_key(state.key_store, settings.admin_key)
+    if created is not None:
+        # Shown once: only its hash is stored.
+        print(
+            f"\nCreated the first admin API key (shown only this once):\n\n  {created}\n",
+            flush=True,
+        )
+        log.warning("created the first admin API key; it was printed once on stdout")
+    if not settings.auth:
+        log.warning("authentication is OFF (GATEWAY_AUTH=false): every caller is an admin")
+    state.authenticator = Authenticator(state.key_store, JwtVerifier(settings, state.jwt_secret))
+
+
+async def _flush_key_use(state: GatewayState) -> None:
+    """Record keys' last use every few seconds, off the request path."""
+    while True:
+        await asyncio.sleep(5)
+        if state.authenticator is not None:
+            try:
+                await state.authenticator.flush_usage()
+            except Exception as exc:  # a database hiccup must not stop the loop
+                log.warning("could not record key use: %s", exc)
 
 
 async def _start_backend(entry: ModelEntry) -> None:
@@ -51,6 +88,8 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.jwt_secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)
+        await open_store(state)
+        flusher = asyncio.create_task(_flush_key_use(state))
         loading = (
             asyncio.create_task(
                 asyncio.wait([asyncio.create_task(_start_backend(e)) for e in registry])
@@ -66,10 +105,15 @@ def create_app(settings: Settings) -> Starlette:
                 await loading
             for entry in registry:
                 await entry.backend.stop()
+            flusher.cancel()
+            if state.authenticator is not None:
+                await state.authenticator.flush_usage()
+            if state.database is not None:
+                await state.database.dispose()
 
     app = Starlette(
-        routes=[*health.routes, *openai_routes.routes, *ollama_routes.routes],
-        middleware=build_middleware(settings),
+        routes=[*health.routes, *openai_routes.routes, *keys_routes.routes, *ollama_routes.routes],
+        middleware=build_middleware(settings, state),
         exception_handlers={
             GatewayError: gateway_error_handler,
             HTTPException: http_error_handler,

@@ -43,7 +43,8 @@ def _settings_options(func: Any) -> Any:
         help_text = f"{field.description}{shown} [env: {_env_name(name)}]"
         flag = f"--{name.replace('_', '-')}"
         if field.annotation is bool:
-            option = click.option(flag, name, is_flag=True, default=None, help=help_text)
+            negative = f"--no-{name.replace('_', '-')}"
+            option = click.option(f"{flag}/{negative}", name, default=None, help=help_text)
         else:
             metavar = _METAVARS.get(str(field.annotation), "TEXT")
             option = click.option(flag, name, default=None, metavar=metavar, help=help_text)

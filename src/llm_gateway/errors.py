@@ -4,6 +4,7 @@
     ├── InvalidRequest             400     invalid_request_error
     │   └── ContextLengthExceeded  400     invalid_request_error (code context_length_exceeded)
     ├── Unauthorized               401     authentication_error
+    ├── Forbidden                  403     permission_error
     ├── NotFound                   404     not_found_error
     │   └── ModelNotFound          404     not_found_error (code model_not_found)
     ├── PayloadTooLarge            413     invalid_request_error
@@ -71,6 +72,11 @@ class ContextLengthExceeded(InvalidRequest):
 class Unauthorized(GatewayError):
     status = 401
     type = "authentication_error"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
 
 
 class NotFound(GatewayError):

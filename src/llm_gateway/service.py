@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from llm_gateway.errors import BackendError
+from llm_gateway.auth import Principal
+from llm_gateway.errors import BackendError, Forbidden
 from llm_gateway.models import ModelEntry, Registry
 from llm_gateway.types import Chunk, GenerationRequest, Usage
 
@@ -58,8 +59,9 @@ class InferenceService:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def open(self, request: GenerationRequest) -> Generation:
+    async def open(self, request: GenerationRequest, principal: Principal) -> Generation:
         entry = self.registry.resolve(request.model)
+        _check_model_allowed(principal, entry, request.model)
         stream = entry.backend.stream(request)
         try:
             first = await anext(stream)
@@ -71,3 +73,12 @@ class InferenceService:
                 await aclose()
             raise
         return Generation(entry, first, stream)
+
+
+def _check_model_allowed(principal: Principal, entry: ModelEntry, asked: str) -> None:
+    allowed = principal.allowed_models
+    if allowed is None:
+        return
+    names = {n.lower() for n in (entry.name, *entry.spec.aliases)}
+    if not names & {a.lower() for a in allowed}:
+        raise Forbidden(f"this key may not use model '{asked}'", param="model")

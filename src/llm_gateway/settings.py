@@ -60,6 +60,35 @@ class Settings(BaseSettings):
         "when unset.",
     )
 
+    # --- store --------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        validation_alias=_env("DATABASE_URL"),
+        description="Database for keys (and usage): postgresql://user@host/db; unset, a "
+        "SQLite file in the data directory.",
+    )
+
+    # --- authentication ---------------------------------------------------------
+    auth: bool = Field(
+        True,
+        description="Require an API key or JWT on every route but /, /health, /ready, /live. "
+        "Turning it off logs a warning at start-up.",
+    )
+    admin_key: str | None = Field(
+        None,
+        description="The first admin key (llmgw-<id>-<secret>). Unset, the first start creates "
+        "one and prints it once.",
+    )
+    jwt_public_key_file: Path | None = Field(
+        None, description="PEM public key that RS256/ES256 JWTs are verified with."
+    )
+    jwt_jwks_file: Path | None = Field(
+        None, description="JWKS file (JSON) with the public keys for RS256/ES256 JWTs, by kid."
+    )
+    jwt_issuer: str | None = Field(None, description="Required `iss` of JWTs, when set.")
+    jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, when set.")
+    jwt_leeway_s: int = Field(30, ge=0, description="Clock skew allowed on exp, nbf and iat.")
+
     # --- models -----------------------------------------------------------
     model_path: Path | None = Field(
         None,

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
 from llm_gateway.models import Registry
 from llm_gateway.service import InferenceService
 from llm_gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from llm_gateway.auth import Authenticator
+    from llm_gateway.keys import KeyStore
 
 
 @dataclass
@@ -24,6 +31,15 @@ class GatewayState:
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     jwt_secret: str = ""
+    # Set in the lifespan, once the database is open:
+    database: AsyncEngine | None = None
+    key_store: KeyStore | None = None
+    authenticator: Authenticator | None = None
+
+    @property
+    def keys(self) -> KeyStore:
+        assert self.key_store is not None, "the key store opens in the app's lifespan"
+        return self.key_store
 
     @classmethod
     def of(cls, conn: HTTPConnection) -> GatewayState:

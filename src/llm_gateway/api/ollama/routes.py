@@ -17,6 +17,7 @@ from starlette.routing import Route
 from llm_gateway import __version__
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.http import EventStream, JSONResponse, as_gateway_error, ndjson
+from llm_gateway.api.keys import principal_of
 from llm_gateway.api.ollama import convert
 from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest
 from llm_gateway.errors import InvalidRequest
@@ -36,7 +37,7 @@ async def generate(request: Request) -> Response | EventStream:
     if not body.prompt and not body.raw:
         state.registry.resolve(body.model)  # 404 for an unknown model, as Ollama does
         return JSONResponse(convert.load_reply(body.model, chat=False))
-    gen = await state.service.open(convert.from_generate_request(body))
+    gen = await state.service.open(convert.from_generate_request(body), principal_of(request))
     return await _reply(
         gen, body.model, body.stream, convert.generate_chunk, convert.generate_final
     )
@@ -48,7 +49,7 @@ async def chat(request: Request) -> Response | EventStream:
     if not body.messages:
         state.registry.resolve(body.model)
         return JSONResponse(convert.load_reply(body.model, chat=True))
-    gen = await state.service.open(convert.from_chat_request(body))
+    gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
     return await _reply(gen, body.model, body.stream, convert.chat_chunk, convert.chat_final)
 
 

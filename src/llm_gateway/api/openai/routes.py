@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.http import EventStream, JSONResponse, as_gateway_error, sse
+from llm_gateway.api.keys import principal_of
 from llm_gateway.api.openai import convert
 from llm_gateway.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from llm_gateway.service import Generation
@@ -38,7 +39,7 @@ def _ctx(prefix: str, model: str) -> convert.ReplyContext:
 async def chat_completions(request: Request) -> Response | EventStream:
     state = GatewayState.of(request)
     body = decode_body(await request.body(), ChatCompletionRequest)
-    gen = await state.service.open(convert.from_chat_request(body))
+    gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
     ctx = _ctx("chatcmpl", body.model)
     if not body.stream:
         text, final = await gen.collect()
@@ -59,7 +60,7 @@ async def chat_completions(request: Request) -> Response | EventStream:
 async def completions(request: Request) -> Response | EventStream:
     state = GatewayState.of(request)
     body = decode_body(await request.body(), CompletionRequest)
-    gen = await state.service.open(convert.from_completion_request(body))
+    gen = await state.service.open(convert.from_completion_request(body), principal_of(request))
     ctx = _ctx("cmpl", body.model)
     if not body.stream:
         text, final = await gen.collect()

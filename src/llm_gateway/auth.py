@@ -1,0 +1,270 @@
+"""Who is calling: API keys and JWTs turned into a Principal, and the pure-ASGI middleware.
+
+Every route needs credentials except the ALLOWLIST. A bearer token in the key
+format (`llmgw-<id>-<secret>`) is looked up in the store; anything else is
+verified as a JWT: HS256 with JWT_SECRET, or RS256/ES256 with a configured
+public key or JWKS file. The algorithm is chosen by the kind of key, never by
+the token alone, so `alg: none` and HS256-signed-with-the-public-key tokens
+are refused.
+
+Key lookups are cached in process for KEY_CACHE_TTL_S, which bounds how long a
+revoked key keeps working on any replica.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jwt
+
+from llm_gateway.api.http import error_response
+from llm_gateway.errors import Forbidden, GatewayError, NotReady, Unauthorized
+from llm_gateway.keys import ApiKey, KeyStore, hash_secret, parse_key
+from llm_gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from llm_gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+ALLOWLIST = frozenset({"/", "/health", "/ready", "/live"})
+KEY_CACHE_TTL_S = 1.0
+_KEY_CACHE_MAX = 10_000
+_ASYMMETRIC = ("RS256", "ES256")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    user: str
+    scopes: frozenset[str]
+    key_id: str | None = None  # None for JWTs and for auth turned off
+    allowed_models: tuple[str, ...] | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent: int | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise Forbidden("this route needs an admin key")
+
+    @classmethod
+    def from_key(cls, key: ApiKey) -> Principal:
+        return cls(
+            user=key.owner,
+            scopes=frozenset(key.scopes),
+            key_id=key.id,
+            allowed_models=key.allowed_models,
+            requests_per_minute=key.rpm_limit,
+            tokens_per_minute=key.tpm_limit,
+            concurrent=key.concurrency_limit,
+        )
+
+
+ANONYMOUS = Principal(user="anonymous", scopes=frozenset({"admin", "user"}))
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    raw = claims.get("scopes", claims.get("scope", "user"))
+    items = raw.split() if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise Unauthorized("JWT claim 'scope' must be a string or a list of strings")
+    return frozenset(items) & {"admin", "user"} or frozenset({"user"})
+
+
+def _int_claim(limits: dict[str, Any], name: str) -> int | None:
+    value = limits.get(name)
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise Unauthorized(f"JWT claim 'limits.{name}' must be a non-negative integer")
+    return value
+
+
+class JwtVerifier:
+    """Verifies JWTs as configured; see the module docstring."""
+
+    def __init__(self, settings: Settings, secret: str) -> None:
+        self._secret = secret
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = settings.jwt_leeway_s
+        self._public_key = _read(settings.jwt_public_key_file)
+        self._jwks = _load_jwks(settings.jwt_jwks_file)
+
+    def _key_for(self, token: str) -> tuple[Any, list[str]]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"malformed token: {exc}") from exc
+        alg = header.get("alg")
+        if alg == "HS256":
+            return self._secret, ["HS256"]
+        if alg in _ASYMMETRIC:
+            kid = header.get("kid")
+            if self._jwks is not None and kid in self._jwks:
+                return self._jwks[kid], [alg]
+            if self._public_key is not None:
+                return self._public_key, [alg]
+            raise Unauthorized(f"no public key is configured for {alg} tokens")
+        raise Unauthorized(f"JWT algorithm '{alg}' is not accepted")
+
+    def verify(self, token: str) -> Principal:
+        key, algorithms = self._key_for(token)
+        options = {"require": ["exp", "sub"], "verify_aud": self._audience is not None}
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options=options,  # type: ignore[arg-type]
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        limits = claims.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise Unauthorized("JWT claim 'limits' must be an object")
+        models = claims.get("models")
+        return Principal(
+            user=str(claims["sub"]),
+            scopes=_scopes(claims),
+            allowed_models=tuple(models) if isinstance(models, list) else None,
+            requests_per_minute=_int_claim(limits, "requests_per_minute"),
+            tokens_per_minute=_int_claim(limits, "tokens_per_minute"),
+            concurrent=_int_claim(limits, "concurrent_requests"),
+        )
+
+
+def _read(path: Path | None) -> str | None:
+    return path.read_text() if path is not None else None
+
+
+def _load_jwks(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    keys = jwt.PyJWKSet.from_dict(json.loads(path.read_text()))
+    return {k.key_id: k.key for k in keys.keys if k.key_id}
+
+
+def mint_token(
+    secret: str,
+    user: str,
+    *,
+    scopes: Sequence[str] = ("user",),
+    ttl_s: int = 3600,
+    issuer: str | None = None,
+    audience: str | None = None,
+    limits: dict[str, int] | None = None,
+) -> str:
+    """An HS256 token for `llm-gateway token create`."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": user,
+        "scope": " ".join(scopes),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_s,
+    }
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    if limits:
+        claims["limits"] = limits
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class Authenticator:
+    """Bearer token to Principal, with a short in-process cache of key lookups."""
+
+    def __init__(self, store: KeyStore, verifier: JwtVerifier) -> None:
+        self.store = store
+        self.verifier = verifier
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self.used: set[str] = set()  # key ids seen since the last touch flush
+
+    async def authenticate(self, token: str) -> Principal:
+        if parse_key(token) is None:
+            return self.verifier.verify(token)
+        digest = hash_secret(token)  # never keep raw keys in memory longer than needed
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            principal = hit[0]
+        else:
+            key = await self.store.authenticate(token)
+            principal = Principal.from_key(key) if key is not None else None
+            if len(self._cache) >= _KEY_CACHE_MAX:
+                self._cache.clear()
+            self._cache[digest] = (principal, now + KEY_CACHE_TTL_S)
+        if principal is None:
+            raise Unauthorized("invalid API key (unknown, revoked or expired)")
+        assert principal.key_id is not None
+        self.used.add(principal.key_id)
+        return principal
+
+    async def flush_usage(self) -> None:
+        """Write last-used times of the keys seen since the last call."""
+        used, self.used = self.used, set()
+        if used:
+            await self.store.touch(sorted(used))
+
+
+def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("Authorization header must be 'Bearer <key or token>'")
+            return token.strip()
+    return None
+
+
+class AuthMiddleware:
+    """Pure ASGI: authenticates every request outside ALLOWLIST; sets scope['state']['principal'].
+
+    The authenticator comes from the app state, where the lifespan puts it once
+    the database is open; `enabled=False` (GATEWAY_AUTH=false) lets everyone in.
+    """
+
+    def __init__(self, app: Any, state: GatewayState, enabled: bool) -> None:
+        self.app = app
+        self.state = state
+        self.enabled = enabled
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in ALLOWLIST:
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await self._principal(scope)
+        except GatewayError as exc:
+            await error_response(exc, scope["path"])(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _principal(self, scope: Any) -> Principal:
+        if not self.enabled:
+            return ANONYMOUS
+        authenticator = self.state.authenticator
+        if authenticator is None:
+            raise NotReady("the gateway is starting; retry shortly")
+        token = bearer_token(scope["headers"])
+        if token is None:
+            raise Unauthorized("missing credentials: send 'Authorization: Bearer <API key>'")
+        return await authenticator.authenticate(token)

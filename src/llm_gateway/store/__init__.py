@@ -1,0 +1,1 @@
+"""Persistent state: API keys now, usage records later. SQLite by default, PostgreSQL by URL."""

@@ -1,0 +1,69 @@
+"""The database: URL resolution, the async engine, and Alembic migrations run at start-up.
+
+    DATABASE_URL unset             sqlite+aiosqlite:///<data dir>/gateway.db
+    postgresql://u@h/db            postgresql+asyncpg://u@h/db
+    sqlite:///path.db              sqlite+aiosqlite:///path.db
+
+Migrations are Alembic scripts shipped in the package (migrations/versions); they
+run on an async connection through `run_sync`, so no alembic.ini is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+def resolve_url(url: str | None, data_dir: Path) -> str:
+    """An async SQLAlchemy URL: the given one with an async driver, or the default SQLite."""
+    if not url:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"DATABASE_URL '{url}' is not a URL (expected postgresql://... )")
+    return f"{_DRIVERS.get(scheme, scheme)}://{rest}"
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    # WAL lets readers and one writer work at once; NORMAL sync is safe with WAL.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest version (idempotent; safe on every start)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+    log.info("database schema is up to date (%s)", engine.url.render_as_string())

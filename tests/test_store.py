@@ -1,0 +1,111 @@
+"""The key store on SQLite and on PostgreSQL (127.0.0.1:5432, for real), one suite for both."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from llm_gateway.keys import KeyStore, NewKey, parse_key
+from llm_gateway.store.database import create_engine, migrate, resolve_url
+
+PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
+    if request.param == "sqlite":
+        url = resolve_url(None, tmp_path)
+        engine = create_engine(url)
+        await migrate(engine)
+        yield KeyStore(engine)
+        await engine.dispose()
+        return
+    # A database of its own per test: no state leaks between tests or runs.
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine = create_engine(resolve_url(f"postgresql://postgres@127.0.0.1:5432/{name}", tmp_path))
+    try:
+        await migrate(engine)
+        yield KeyStore(engine)
+    finally:
+        await engine.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        await admin.dispose()
+
+
+def test_url_resolution(tmp_path: Path) -> None:
+    assert resolve_url(None, tmp_path) == f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    assert resolve_url("postgresql://u@h/db", tmp_path) == "postgresql+asyncpg://u@h/db"
+    assert resolve_url("sqlite:///x.db", tmp_path) == "sqlite+aiosqlite:///x.db"
+    with pytest.raises(ValueError, match="not a URL"):
+        resolve_url("nonsense", tmp_path)
+
+
+async def test_created_key_authenticates_and_only_its_hash_is_stored(store: KeyStore) -> None:
+    key, full = await store.create(NewKey(name="ci", owner="alice", rpm_limit=60))
+    assert full.startswith(f"{key.prefix}") and key.id in full
+    parsed = parse_key(full)
+    assert parsed is not None
+    async with store.engine.connect() as conn:
+        stored = (await conn.execute(sa.text("select secret_hash from api_keys"))).scalar_one()
+    assert parsed[1] not in stored and len(stored) == 64
+    found = await store.authenticate(full)
+    assert found is not None and found.owner == "alice" and found.rpm_limit == 60
+    assert await store.authenticate(full[:-1] + ("x" if full[-1] != "x" else "y")) is None
+    assert await store.authenticate("llmgw-nosuchid-secret") is None
+    assert await store.authenticate("not-a-key") is None
+
+
+async def test_revoked_and_expired_keys_are_refused(store: KeyStore) -> None:
+    key, full = await store.create(NewKey(name="a", owner="bob"))
+    revoked = await store.revoke(key.id)
+    assert revoked is not None and revoked.revoked_at is not None
+    assert await store.authenticate(full) is None
+    assert await store.revoke("missing") is None
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    _, old = await store.create(NewKey(name="b", owner="bob", expires_at=past))
+    assert await store.authenticate(old) is None
+
+
+async def test_listing_by_owner_and_public_shape(store: KeyStore) -> None:
+    await store.create(NewKey(name="a", owner="alice", scopes=("admin",)))
+    await store.create(NewKey(name="b", owner="bob", allowed_models=("smollm2",)))
+    assert [k.name for k in await store.list()] == ["a", "b"]
+    (bob,) = await store.list(owner="bob")
+    shown = bob.public()
+    assert "secret_hash" not in shown and shown["allowed_models"] == ["smollm2"]
+    assert shown["prefix"].startswith("llmgw-") and shown["revoked"] is False
+    assert await store.count_admins() == 1
+
+
+async def test_adopting_a_given_key(store: KeyStore) -> None:
+    given = "llmgw-bootstrap01-s3cr3t-with-dashes"
+    key, full = await store.create(
+        NewKey(name="admin", owner="admin", scopes=("admin",)), secret_key=given
+    )
+    assert full == given and key.id == "bootstrap01"
+    assert await store.authenticate(given) is not None
+    with pytest.raises(ValueError, match="must look like"):
+        await store.create(NewKey(name="x", owner="x"), secret_key="plain")
+
+
+async def test_touch_records_last_use(store: KeyStore) -> None:
+    key, _ = await store.create(NewKey(name="a", owner="alice"))
+    await store.touch([key.id])
+    used = await store.get(key.id)
+    assert used is not None and used.last_used_at is not None
+
+
+async def test_migrations_are_idempotent(store: KeyStore) -> None:
+    await migrate(store.engine)
+    await store.create(NewKey(name="a", owner="alice"))
+    assert len(await store.list()) == 1
