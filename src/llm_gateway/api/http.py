@@ -9,7 +9,6 @@ iterator is closed, which aborts the generation behind it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -115,11 +114,12 @@ class EventStream:
             pass  # the client left while we were writing
         finally:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            aclose: Callable[[], Any] | None = getattr(self.body, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:  # close the body first: that is what aborts the generation
+                aclose: Callable[[], Any] | None = getattr(self.body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                await asyncio.gather(watcher, return_exceptions=True)
 
 
 def sse(obj: Any) -> bytes:

@@ -93,9 +93,7 @@ class EngineBackend:
             raise
 
     def _load(self) -> None:
-        from llm_gateway.engine.llama import Context, Model
-        from llm_gateway.engine.scheduler import Scheduler, SchedulerConfig
-        from llm_gateway.engine.template import ChatTemplate
+        from llm_gateway.engine.llama import Model
 
         started = time.perf_counter_ns()
         if not self.path.is_file():
@@ -103,43 +101,59 @@ class EngineBackend:
         path = self._quantized(self.path)
         log.info("loading model %s from %s", self.name, path)
         model = Model(path, progress=self._on_progress)
-        opts = self.options
-        n_ctx = min(opts.ctx_size, max(model.facts.n_ctx_train, 256) * opts.max_sequences)
-        ctx = Context(
-            model,
-            n_ctx=n_ctx,
-            n_batch=opts.batch_size,
-            n_seq=opts.max_sequences,
-            threads=opts.threads,
-        )
-        self._bos_text = model.token_text(model.bos) if model.adds_bos else ""
-        self._template = ChatTemplate(
-            model.facts.metadata.get("tokenizer.chat_template"),
-            bos_token=model.token_text(model.bos),
-            eos_token=model.token_text(model.eos),
-        )
-        cfg = SchedulerConfig(
-            max_sequences=opts.max_sequences,
-            queue_size=opts.queue_size,
-            batch_size=opts.batch_size,
-            n_ctx=ctx.n_ctx,
-            max_seq_len=min(ctx.n_ctx, model.facts.n_ctx_train or ctx.n_ctx),
-            flush_interval_s=opts.stream_interval_ms / 1000,
-        )
-        self._model, self._ctx = model, ctx
-        self._details = self._describe(model, cfg.max_seq_len)
-        self._scheduler = Scheduler(model, ctx, cfg)
-        self._scheduler.start()
+        try:
+            self._serve(model)
+        except BaseException:
+            model.close()
+            raise
         self._load_ns = time.perf_counter_ns() - started
         log.info(
             "model %s ready: %s, %d-token cache, %d sequences, %d threads (%.2fs)",
             self.name,
             model.facts.description,
-            ctx.n_ctx,
-            opts.max_sequences,
-            opts.threads,
+            self._scheduler.cfg.n_ctx if self._scheduler else 0,
+            self.options.max_sequences,
+            self.options.threads,
             self._load_ns / 1e9,
         )
+
+    def _serve(self, model: Model) -> None:
+        """Context, template and scheduler for a loaded model; frees the context on failure."""
+        from llm_gateway.engine.llama import Context
+        from llm_gateway.engine.scheduler import Scheduler, SchedulerConfig
+        from llm_gateway.engine.template import ChatTemplate
+
+        opts = self.options
+        # Every live sequence needs its decode token in each step's batch.
+        batch = max(opts.batch_size, opts.max_sequences)
+        n_ctx = min(opts.ctx_size, max(model.facts.n_ctx_train, 256) * opts.max_sequences)
+        ctx = Context(
+            model, n_ctx=n_ctx, n_batch=batch, n_seq=opts.max_sequences, threads=opts.threads
+        )
+        try:
+            template = ChatTemplate(
+                model.facts.metadata.get("tokenizer.chat_template"),
+                bos_token=model.token_text(model.bos),
+                eos_token=model.token_text(model.eos),
+            )
+            cfg = SchedulerConfig(
+                max_sequences=opts.max_sequences,
+                queue_size=opts.queue_size,
+                batch_size=batch,
+                n_ctx=ctx.n_ctx,
+                max_seq_len=min(ctx.n_ctx, model.facts.n_ctx_train or ctx.n_ctx),
+                flush_interval_s=opts.stream_interval_ms / 1000,
+            )
+            scheduler = Scheduler(model, ctx, cfg)
+        except BaseException:
+            ctx.close()
+            raise
+        self._bos_text = model.token_text(model.bos) if model.adds_bos else ""
+        self._template = template
+        self._model, self._ctx = model, ctx
+        self._details = self._describe(model, cfg.max_seq_len)
+        scheduler.start()
+        self._scheduler = scheduler
 
     def _quantized(self, source: Path) -> Path:
         """The file to load: the source, or its requantized copy (made once, then cached)."""

@@ -119,6 +119,8 @@ class Scheduler:
         with self._cond:
             if self.failed is not None:
                 raise BackendError(f"the engine has failed: {self.failed}")
+            if not self._running:
+                raise BackendError("the engine is shutting down")
             if len(self._waiting) >= self.cfg.queue_size + max(0, len(self._free_seqs)):
                 raise Overloaded(
                     f"engine queue is full ({self.cfg.queue_size} waiting); retry shortly",
@@ -158,6 +160,7 @@ class Scheduler:
                 self._active.clear()
             for job in jobs:
                 self._finish_error(job, BackendError(f"engine failure: {exc}"))
+                _close_sampler(job)
             self._flush_now()
 
     def _wait_for_work(self) -> bool:
@@ -171,20 +174,37 @@ class Scheduler:
         self._admit()
         if not self._active:
             return
+        before = [job.n_cached for job in self._active]
         self._fill_batch()
         try:
             self.ctx.decode(self._batch)
         except LlamaError:
-            if len(self._active) > 1:
-                # KV cache full (or a transient failure): recompute the newest later.
-                self._preempt(self._active[-1])
-                return
-            raise
+            # llama.cpp leaves the cache as it was: so must our bookkeeping.
+            for job, n_cached in zip(self._active, before, strict=True):
+                job.n_cached = n_cached
+            self._make_room()
+            return
         self.steps += 1
         now = time.perf_counter_ns()
         for job in list(self._active):
             if job.logits_at >= 0:
                 self._sample(job, now)
+
+    def _make_room(self) -> None:
+        """The cache is full: drop idle caches, else recompute the newest sequence later,
+        else (one sequence alone fills the cache) end it as a length stop."""
+        if self._cached:
+            for seq in list(self._cached):
+                self.ctx.forget(seq)
+            self._cached.clear()
+        elif len(self._active) > 1:
+            self._preempt(self._active[-1])
+        else:
+            log.warning(
+                "KV cache full with one sequence: ending it at %d tokens",
+                len(self._active[0].tokens),
+            )
+            self._finish(self._active[0], "length")
 
     def _drop_cancelled(self) -> None:
         with self._cond:
@@ -194,47 +214,52 @@ class Scheduler:
         for job in [j for j in self._active if j.cancelled]:
             self._release(job)
 
+    # Also read from the event loop (/health): iterate snapshots, taken atomically
+    # under the GIL, never the live containers the engine thread changes.
     def _cells_used(self) -> int:
-        return sum(len(j.tokens) + 1 for j in self._active)
+        return sum(len(j.tokens) + 1 for j in list(self._active))
 
     def _cells_cached(self) -> int:
-        return sum(len(t) for t in self._cached.values())
+        return sum(map(len, list(self._cached.values())))
 
     def _admit(self) -> None:
         with self._cond:
             while self._waiting and self._free_seqs:
                 job = self._waiting[0]
-                need = (len(job.tokens) or len(job.prompt)) + 1
-                self._evict_cache_for(need)
+                tokens = job.tokens or job.prompt
+                source, reuse = self._best_prefix(tokens)
+                need = len(tokens) - reuse + 1
+                self._evict_cache_for(need, keep=source)
                 if self._active and self._cells_used() + need > self.cfg.n_ctx:
                     break  # wait for cells to free up
                 self._waiting.popleft()
-                self._activate(job)
+                self._activate(job, source, reuse)
 
-    def _evict_cache_for(self, need: int) -> None:
-        """Drop idle cached prefixes, largest first, until `need` more cells fit."""
-        while self._cached and self._cells_used() + self._cells_cached() + need > self.cfg.n_ctx:
-            seq = max(self._cached, key=lambda s: len(self._cached[s]))
+    def _evict_cache_for(self, need: int, keep: int) -> None:
+        """Drop idle cached prefixes (never `keep`), largest first, until `need` cells fit."""
+        while self._cells_used() + self._cells_cached() + need > self.cfg.n_ctx:
+            victims = [s for s in self._cached if s != keep]
+            if not victims:
+                return
+            seq = max(victims, key=lambda s: len(self._cached[s]))
             self.ctx.forget(seq)
             del self._cached[seq]
 
-    def _activate(self, job: Job) -> None:
+    def _activate(self, job: Job, source: int, reuse: int) -> None:
         if job.text is None:  # first admission (not a resumed preemption)
             job.tokens = list(job.prompt)
             job.text = TextStream(job.stops)
             job.started_ns = time.perf_counter_ns()
-        job.seq, job.n_cached = self._pick_sequence(job.tokens)
+        job.seq, job.n_cached = self._pick_sequence(source, reuse)
         if job.reused < 0:
             job.reused = job.n_cached
         self._active.append(job)
 
-    def _pick_sequence(self, tokens: list[int]) -> tuple[int, int]:
-        """A free sequence id, and how many leading tokens it already holds in the cache.
+    def _best_prefix(self, tokens: list[int]) -> tuple[int, int]:
+        """(sequence, length) of the longest cached prefix of tokens, free or live.
 
-        The longest common prefix is looked for in the caches of free sequences
-        and in live ones; from a live one it is shared (llama_memory_seq_cp: no
-        copy in a unified cache). The last token is always decoded again: its
-        logits give the next token.
+        The last token never counts: it is decoded again, its logits give the
+        next token.
         """
         limit = len(tokens) - 1
         source, reuse = -1, 0
@@ -246,6 +271,14 @@ class Scheduler:
             n = common_prefix(job.tokens[: job.n_cached], tokens, limit)
             if n > reuse:
                 source, reuse = job.seq, n
+        return source, reuse
+
+    def _pick_sequence(self, source: int, reuse: int) -> tuple[int, int]:
+        """A free sequence id holding the first `reuse` tokens (from `source`) in the cache.
+
+        From a live sequence the prefix is shared (llama_memory_seq_cp: no copy
+        in a unified cache).
+        """
         # Continue in place when the prefix sits in a free sequence: its tail cells
         # are freed and refilled, so the cache stays compact (llama.cpp attends over
         # every cell up to the highest one in use, masked or not: a cache spread by
