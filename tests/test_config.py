@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from starlette.testclient import TestClient
 
 from llm_gateway import Settings, create_app
 from llm_gateway.cli import main
@@ -116,3 +118,42 @@ def test_help_describes_every_setting() -> None:
 def test_bad_option_value_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["serve", "--port", "not-a-port"])
     assert result.exit_code == 2 and "port" in result.output
+
+
+def test_keys_cli_works_on_the_gateway_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    made = runner.invoke(
+        main, ["keys", "create", "--name", "ci", "--owner", "alice", "--rpm", "10"]
+    )
+    assert made.exit_code == 0, made.output
+    full = made.stdout.strip().splitlines()[0]
+    assert full.startswith("llmgw-")
+    listed = runner.invoke(main, ["keys", "list", "--json"])
+    rows = json.loads(listed.stdout)
+    assert rows[0]["owner"] == "alice" and rows[0]["limits"]["requests_per_minute"] == 10
+    key_id = rows[0]["id"]
+    assert runner.invoke(main, ["keys", "revoke", key_id]).exit_code == 0
+    again = runner.invoke(main, ["keys", "revoke", "nope"])
+    assert again.exit_code == 1 and "no API key" in again.output
+    with TestClient(
+        create_app(Settings(engine_dummy=True, data_dir=tmp_path, admin_key=ADMIN_KEY))
+    ) as client:
+        r = client.get("/v1/models", headers={"Authorization": f"Bearer {full}"})
+        assert r.status_code == 401  # revoked from the command line
+
+
+def test_token_cli_mints_a_token_the_gateway_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    minted = CliRunner().invoke(main, ["token", "create", "--user", "ops", "--admin"])
+    assert minted.exit_code == 0, minted.output
+    token = minted.stdout.strip()
+    with TestClient(
+        create_app(Settings(engine_dummy=True, data_dir=tmp_path, admin_key=ADMIN_KEY))
+    ) as client:
+        r = client.get("/api/keys", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200

@@ -7,14 +7,21 @@ command line override the environment.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
 
 from llm_gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from llm_gateway.keys import KeyStore
 
 
 def _env_name(name: str) -> str:
@@ -86,3 +93,142 @@ def serve(**options: Any) -> None:
     from llm_gateway.server import run
 
     sys.exit(run(settings))
+
+
+# ---- keys and tokens ---------------------------------------------------------------
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _with_store(action: Callable[[KeyStore], Awaitable[Any]]) -> Any:
+    """Run an action on the configured key store (DATABASE_URL or the data directory)."""
+    from llm_gateway.keys import KeyStore
+    from llm_gateway.store.database import create_engine, migrate, resolve_url
+
+    settings = _settings()
+
+    async def run() -> Any:
+        engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
+        try:
+            await migrate(engine)
+            return await action(KeyStore(engine))
+        finally:
+            await engine.dispose()
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return asyncio.run(run())
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys in the store the gateway uses (DATABASE_URL or GATEWAY_DATA_DIR)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="A label for the key.")
+@click.option("--owner", required=True, help="The user id the key belongs to.")
+@click.option("--admin", is_flag=True, help="Give the key the admin scope.")
+@click.option("--model", "models", multiple=True, help="Allow only this model (repeatable).")
+@click.option("--rpm", type=int, help="Requests per minute.")
+@click.option("--tpm", type=int, help="Tokens per minute.")
+@click.option("--concurrency", type=int, help="Concurrent requests.")
+@click.option("--expires-in-days", type=float, help="Expire after this many days.")
+def keys_create(
+    name: str,
+    owner: str,
+    admin: bool,
+    models: tuple[str, ...],
+    rpm: int | None,
+    tpm: int | None,
+    concurrency: int | None,
+    expires_in_days: float | None,
+) -> None:
+    """Create a key and print it (its secret is shown only this once)."""
+    from llm_gateway.keys import NewKey
+
+    expires = None
+    if expires_in_days is not None:
+        expires = datetime.now(UTC) + timedelta(days=expires_in_days)
+    spec = NewKey(
+        name=name,
+        owner=owner,
+        scopes=("admin",) if admin else ("user",),
+        allowed_models=models or None,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        concurrency_limit=concurrency,
+        expires_at=expires,
+    )
+    key, full = _with_store(lambda store: store.create(spec))
+    click.echo(full)
+    click.echo(f"id {key.id}, owner {key.owner}, scopes {' '.join(key.scopes)}", err=True)
+
+
+@keys.command("list")
+@click.option("--owner", help="Only this owner's keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def keys_list(owner: str | None, as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    found = _with_store(lambda store: store.list(owner=owner))
+    if as_json:
+        click.echo(json.dumps([k.public() for k in found], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "name", "owner", "scopes", "created", "last used", "state")
+    for k in found:
+        p = k.public()
+        state = "revoked" if p["revoked"] else "active" if k.is_active() else "expired"
+        table.add_row(
+            k.id,
+            k.name,
+            k.owner,
+            " ".join(k.scopes),
+            p["created_at"] or "",
+            p["last_used_at"] or "-",
+            state,
+        )
+    Console().print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id; every replica refuses it within a second."""
+    revoked = _with_store(lambda store: store.revoke(key_id))
+    if revoked is None:
+        raise click.ClickException(f"no API key with id '{key_id}'")
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def token() -> None:
+    """JWTs for operators."""
+
+
+@token.command("create")
+@click.option("--user", required=True, help="The `sub` claim: who the token is for.")
+@click.option("--admin", is_flag=True, help="Add the admin scope.")
+@click.option("--ttl", "ttl_s", type=int, default=3600, show_default=True, help="Seconds valid.")
+def token_create(user: str, admin: bool, ttl_s: int) -> None:
+    """Mint an HS256 token signed with JWT_SECRET (or the data directory's secret)."""
+    from llm_gateway.auth import mint_token
+    from llm_gateway.jwt_secret import ensure_jwt_secret
+
+    settings = _settings()
+    secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)
+    scopes = ("admin", "user") if admin else ("user",)
+    click.echo(
+        mint_token(
+            secret,
+            user,
+            scopes=scopes,
+            ttl_s=ttl_s,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    )
