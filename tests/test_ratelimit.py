@@ -1,0 +1,473 @@
+"""The rate limiter, one suite for both backends: memory, and Redis (127.0.0.1:6379, for real).
+
+Time is a fake clock that the tests move; the Redis backend takes it in place
+of the server's TIME. The Redis tests fail, not skip, when Redis is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from llm_gateway.ratelimit import (
+    INFLIGHT_TTL_S,
+    Decision,
+    Limits,
+    MemoryLimiter,
+    RateLimiter,
+    RedisLimiter,
+    Reservation,
+    format_duration,
+)
+
+REDIS_URL = os.environ.get("LLMGW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+T0 = 1_000_000.0
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self, offset_s: float) -> None:
+        """Move to T0 + offset_s."""
+        self.now = T0 + offset_s
+
+
+async def _delete_prefix(prefix: str) -> None:
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def _ping_redis() -> None:
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        assert await client.ping(), f"Redis at {REDIS_URL} does not answer"
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"llmgw:test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(
+    request: pytest.FixtureRequest, clock: FakeClock, prefix: str
+) -> AsyncIterator[RateLimiter]:
+    if request.param == "memory":
+        memory = MemoryLimiter(clock=clock)
+        yield memory
+        await memory.close()
+        return
+    await _ping_redis()  # a down Redis is a failure, not a skip
+    redis = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=clock)
+    try:
+        yield redis
+    finally:
+        await redis.close()
+        await _delete_prefix(prefix)
+
+
+async def _admit(lim: RateLimiter, key: str, limits: Limits, tokens: int = 0) -> Decision:
+    """Acquire and insist on admission."""
+    decision = await lim.acquire(key, limits, tokens)
+    assert decision.allowed, decision
+    assert decision.reason is None and decision.retry_after_s == 0
+    assert decision.reservation is not None
+    return decision
+
+
+def _reservation(decision: Decision) -> Reservation:
+    assert decision.reservation is not None
+    return decision.reservation
+
+
+async def _refused(lim: RateLimiter, key: str, limits: Limits, tokens: int = 0) -> Decision:
+    """Acquire and insist on refusal."""
+    decision = await lim.acquire(key, limits, tokens)
+    assert not decision.allowed, decision
+    assert decision.reservation is None
+    assert decision.retry_after_s > 0
+    return decision
+
+
+# --------------------------------------------------------------------------- requests
+
+
+async def test_exactly_n_requests_per_minute(limiter: RateLimiter) -> None:
+    limits = Limits(requests_per_minute=5)
+    decisions = [await limiter.acquire("k", limits, 0) for _ in range(8)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 3
+    for d in decisions[5:]:
+        assert d.reason == "requests"
+        assert d.retry_after_s == pytest.approx(60, abs=0.01)
+
+
+async def test_window_slides(limiter: RateLimiter, clock: FakeClock) -> None:
+    limits = Limits(requests_per_minute=3)
+    await _admit(limiter, "k", limits)  # t=0
+    clock.at(30)
+    await _admit(limiter, "k", limits)
+    await _admit(limiter, "k", limits)
+    refused = await _refused(limiter, "k", limits)
+    assert refused.retry_after_s == pytest.approx(30, abs=0.01)
+
+    clock.at(59.99)  # the t=0 request still counts
+    await _refused(limiter, "k", limits)
+    clock.at(60.001)  # ... and now it has left: one slot frees, not more
+    await _admit(limiter, "k", limits)
+    await _refused(limiter, "k", limits)
+
+    clock.at(89)  # the two t=30 requests still count
+    refused = await _refused(limiter, "k", limits)
+    assert refused.reason == "requests"
+    assert refused.retry_after_s == pytest.approx(1, abs=0.01)
+    clock.at(90.001)
+    await _admit(limiter, "k", limits)
+    await _admit(limiter, "k", limits)
+    await _refused(limiter, "k", limits)
+
+
+async def test_retry_after_is_enough(limiter: RateLimiter, clock: FakeClock) -> None:
+    limits = Limits(requests_per_minute=2)
+    await _admit(limiter, "k", limits)
+    clock.at(10)
+    await _admit(limiter, "k", limits)
+    clock.at(25)
+    refused = await _refused(limiter, "k", limits)
+    clock.at(25 + refused.retry_after_s)
+    await _admit(limiter, "k", limits)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+async def test_tokens_reserved_then_settled(limiter: RateLimiter) -> None:
+    limits = Limits(tokens_per_minute=1000)
+    first = await _admit(limiter, "k", limits, 600)
+    assert first.headers["x-ratelimit-remaining-tokens"] == "400"
+    assert _reservation(first).tokens == 600
+    refused = await _refused(limiter, "k", limits, 500)  # 600 + 500 > 1000
+    assert refused.reason == "tokens"
+
+    await limiter.settle(_reservation(first), 100)  # lowers usage to 100
+    second = await _admit(limiter, "k", limits, 500)
+    assert second.headers["x-ratelimit-remaining-tokens"] == "400"
+
+    await limiter.settle(_reservation(second), 900)  # raises usage to 1000
+    refused = await _refused(limiter, "k", limits, 1)
+    assert refused.reason == "tokens"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert (await limiter.acquire("k", limits, 0)).allowed  # a zero estimate still fits
+
+
+async def test_tokens_retry_after(limiter: RateLimiter, clock: FakeClock) -> None:
+    limits = Limits(tokens_per_minute=1000)
+    await _admit(limiter, "k", limits, 700)  # t=0
+    clock.at(20)
+    await _admit(limiter, "k", limits, 300)
+    clock.at(30)
+    refused = await _refused(limiter, "k", limits, 500)
+    assert refused.reason == "tokens"
+    # Enough tokens leave when the t=0 ones do: 30 s from now, within the 1 s buckets.
+    assert 30 <= refused.retry_after_s <= 31.01
+    clock.at(30 + refused.retry_after_s - 0.5)  # t=60.5: the t=0 bucket counts 60 to 61 s
+    await _refused(limiter, "k", limits, 500)
+    clock.at(30 + refused.retry_after_s)
+    await _admit(limiter, "k", limits, 500)
+
+
+async def test_tokens_settled_in_their_own_slot(limiter: RateLimiter, clock: FakeClock) -> None:
+    limits = Limits(tokens_per_minute=1000)
+    early = await _admit(limiter, "k", limits, 100)  # bucket of t=0
+    clock.at(40)
+    await limiter.settle(_reservation(early), 900)  # still counted as of t=0
+    await _refused(limiter, "k", limits, 200)
+    clock.at(61.5)  # the t=0 bucket has left the window, with its 900
+    decision = await _admit(limiter, "k", limits, 1000)
+    assert decision.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_estimate_over_token_limit_is_refused(limiter: RateLimiter) -> None:
+    limits = Limits(tokens_per_minute=100)
+    refused = await _refused(limiter, "k", limits, 101)
+    assert refused.reason == "tokens"
+    await _admit(limiter, "k", limits, 100)
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+async def test_concurrency(limiter: RateLimiter) -> None:
+    limits = Limits(concurrent=2)
+    a = await _admit(limiter, "k", limits)
+    await _admit(limiter, "k", limits)
+    refused = await _refused(limiter, "k", limits)
+    assert refused.reason == "concurrency"
+    assert refused.retry_after_s >= 1
+    assert refused.headers == {}
+    await limiter.settle(_reservation(a), 0)
+    await _admit(limiter, "k", limits)
+    await _refused(limiter, "k", limits)
+
+
+async def test_unsettled_reservation_expires(limiter: RateLimiter, clock: FakeClock) -> None:
+    limits = Limits(concurrent=1)
+    await _admit(limiter, "k", limits)  # never settled: its holder "died"
+    clock.at(INFLIGHT_TTL_S - 1)
+    await _refused(limiter, "k", limits)
+    clock.at(INFLIGHT_TTL_S + 0.001)
+    await _admit(limiter, "k", limits)
+
+
+async def test_settle_twice_is_harmless(limiter: RateLimiter) -> None:
+    limits = Limits(tokens_per_minute=1000, concurrent=2)
+    a = await _admit(limiter, "k", limits, 100)
+    await _admit(limiter, "k", limits, 100)
+    await limiter.settle(_reservation(a), 50)
+    await limiter.settle(_reservation(a), 50)
+    await limiter.settle(_reservation(a), 500)  # a late different count changes nothing
+    c = await _admit(limiter, "k", limits, 0)
+    assert c.headers["x-ratelimit-remaining-tokens"] == "850"
+    refused = await _refused(limiter, "k", limits)  # b and c in flight
+    assert refused.reason == "concurrency"
+
+
+# --------------------------------------------------------------------------- headers
+
+
+async def test_headers_count_down(limiter: RateLimiter, clock: FakeClock) -> None:
+    limits = Limits(requests_per_minute=3, tokens_per_minute=100)
+    # (requests left, requests reset, tokens left, tokens reset) at t = 0, 0.5, 1 s
+    expected = [
+        ("2", "1m0s", "90", "1m1s"),
+        ("1", "59.5s", "80", "1m0.5s"),
+        ("0", "59s", "70", "1m0s"),
+    ]
+    for i, (requests_left, requests_reset, tokens_left, tokens_reset) in enumerate(expected):
+        clock.at(i * 0.5)
+        decision = await _admit(limiter, "k", limits, 10)
+        assert decision.headers == {
+            "x-ratelimit-limit-requests": "3",
+            "x-ratelimit-remaining-requests": requests_left,
+            "x-ratelimit-reset-requests": requests_reset,
+            "x-ratelimit-limit-tokens": "100",
+            "x-ratelimit-remaining-tokens": tokens_left,
+            "x-ratelimit-reset-tokens": tokens_reset,
+        }, i
+    clock.at(2)
+    refused = await _refused(limiter, "k", limits, 10)
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"] == "58s"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "70"
+
+
+async def test_headers_only_for_set_limits(limiter: RateLimiter) -> None:
+    requests_only = await _admit(limiter, "a", Limits(requests_per_minute=10))
+    assert set(requests_only.headers) == {
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    }
+    tokens_only = await _admit(limiter, "b", Limits(tokens_per_minute=10), 1)
+    assert set(tokens_only.headers) == {
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    }
+    assert (await _admit(limiter, "c", Limits(concurrent=3))).headers == {}
+
+
+def test_format_duration() -> None:
+    assert format_duration(0) == "0s"
+    assert format_duration(-1) == "0s"
+    assert format_duration(0.02) == "20ms"
+    assert format_duration(0.0201) == "21ms"  # rounded up: waiting that long is enough
+    assert format_duration(1) == "1s"
+    assert format_duration(1.5) == "1.5s"
+    assert format_duration(59.999) == "59.999s"
+    assert format_duration(60) == "1m0s"
+    assert format_duration(360) == "6m0s"
+    assert format_duration(87.84) == "1m27.84s"
+    assert format_duration(3723) == "1h2m3s"
+
+
+# --------------------------------------------------------------------------- limits off, keys
+
+
+async def test_none_limits_are_not_enforced(limiter: RateLimiter) -> None:
+    assert Limits().empty and not Limits(concurrent=1).empty
+    for _ in range(50):
+        decision = await _admit(limiter, "free", Limits(), 10**9)
+        assert decision.headers == {}
+    tokens_off = Limits(requests_per_minute=100)  # tokens and concurrency unset
+    for _ in range(30):
+        await _admit(limiter, "k", tokens_off, 10**9)
+    requests_off = Limits(tokens_per_minute=10**6)  # requests and concurrency unset
+    for _ in range(130):
+        await _admit(limiter, "t", requests_off, 1)
+
+
+async def test_unlimited_reservation_settles_as_no_op(limiter: RateLimiter) -> None:
+    decision = await _admit(limiter, "free", Limits(), 5)
+    await limiter.settle(_reservation(decision), 10)
+    await limiter.settle(_reservation(decision), 10)
+
+
+async def test_keys_are_independent(limiter: RateLimiter) -> None:
+    limits = Limits(requests_per_minute=2, tokens_per_minute=100, concurrent=2)
+    await _admit(limiter, "a", limits, 100)
+    await _refused(limiter, "a", limits, 1)
+    for _ in range(2):
+        await _admit(limiter, "b", limits, 10)
+    await _refused(limiter, "b", limits, 10)
+    assert (await limiter.acquire("c", limits, 100)).allowed
+
+
+async def test_healthy(limiter: RateLimiter) -> None:
+    assert await limiter.healthy()
+
+
+# --------------------------------------------------------------------------- Redis only
+
+
+async def test_redis_keys_expire(prefix: str) -> None:
+    await _ping_redis()
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix)
+    client = Redis.from_url(REDIS_URL)
+    try:
+        decision = await _admit(lim, "k", Limits(1, 100, 1), 10)
+        keys = sorted([k.decode() async for k in client.scan_iter(match=f"{prefix}*")])
+        assert keys == [f"{prefix}{{k}}:c", f"{prefix}{{k}}:r", f"{prefix}{{k}}:t"]
+        ttls = [await client.ttl(k) for k in keys]
+        assert 0 < ttls[0] <= INFLIGHT_TTL_S + 1
+        assert 0 < ttls[1] <= 61 and 0 < ttls[2] <= 62
+        await lim.settle(_reservation(decision), 5)
+        assert not await client.exists(f"{prefix}{{k}}:c")  # empty: gone at once
+    finally:
+        await client.aclose()
+        await lim.close()
+        await _delete_prefix(prefix)
+
+
+async def test_redis_down_fail_open(caplog: pytest.LogCaptureFixture) -> None:
+    lim = RedisLimiter(DOWN_URL, fail_open=True)
+    limits = Limits(requests_per_minute=1, tokens_per_minute=10, concurrent=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="llm_gateway.ratelimit"):
+            for _ in range(3):
+                decision = await lim.acquire("k", limits, 100)
+                assert decision.allowed and decision.reason is None
+                assert decision.headers == {}
+                await lim.settle(_reservation(decision), 5)  # a no-op
+        assert len([r for r in caplog.records if "unreachable" in r.message]) == 1
+        assert not lim.last_healthy
+        assert not await lim.healthy()
+    finally:
+        await lim.close()
+
+
+async def test_redis_down_fail_closed() -> None:
+    lim = RedisLimiter(DOWN_URL, fail_open=False)
+    try:
+        for _ in range(2):
+            decision = await lim.acquire("k", Limits(requests_per_minute=100), 1)
+            assert not decision.allowed
+            assert decision.reason == "unavailable"
+            assert decision.retry_after_s == 1
+            assert decision.reservation is None
+        assert not await lim.healthy()
+        # No limits at all needs no Redis.
+        assert (await lim.acquire("k", Limits(), 1)).allowed
+    finally:
+        await lim.close()
+
+
+_HAMMER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from llm_gateway.ratelimit import Limits, RedisLimiter
+
+    async def main(url: str, prefix: str) -> None:
+        lim = RedisLimiter(url, fail_open=False, prefix=prefix)
+        limits = Limits(requests_per_minute=20, tokens_per_minute=10**6, concurrent=3)
+        assert await lim.healthy()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        admitted = 0
+        for _ in range(30):
+            decision = await lim.acquire("shared", limits, 10)
+            if decision.allowed:
+                admitted += 1
+                await lim.settle(decision.reservation, 7)
+            elif decision.reason != "requests":
+                raise SystemExit(f"unexpected refusal: {decision}")
+            await asyncio.sleep(0.04)
+        await lim.close()
+        print(admitted, flush=True)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+def test_processes_share_the_limit(prefix: str) -> None:
+    client = SyncRedis.from_url(REDIS_URL, socket_connect_timeout=2)
+    assert client.ping(), f"Redis at {REDIS_URL} does not answer"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HAMMER, REDIS_URL, prefix],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        for proc in procs:  # wait until all are connected, then start them together
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        counts = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0
+            counts.append(int(out.strip()))
+        assert sum(counts) == 20, counts
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
