@@ -204,12 +204,15 @@ async def test_requantized_copy_is_made_once_and_reused(tmp_path: Path) -> None:
 
 
 async def test_a_full_cache_preempts_and_every_request_still_finishes() -> None:
-    tight = EngineBackend("tight", builtin_model_path(),
-                          options(ctx_size=256, max_sequences=4, batch_size=64))
+    tight = EngineBackend(
+        "tight", builtin_model_path(), options(ctx_size=256, max_sequences=4, batch_size=64)
+    )
     await tight.start()
     try:
-        reqs = [chat(f"Tell a long story about {t}.", max_tokens=200)
-                for t in ("owls", "ships", "kings", "bees")]
+        reqs = [
+            chat(f"Tell a long story about {t}.", max_tokens=200)
+            for t in ("owls", "ships", "kings", "bees")
+        ]
         results = await asyncio.wait_for(asyncio.gather(*(run(tight, r) for r in reqs)), 120)
         for _text, final in results:
             assert final.finish_reason in ("stop", "length")

@@ -27,6 +27,7 @@ from llm_gateway.errors import GatewayError
 from llm_gateway.jwt_secret import ensure_jwt_secret
 from llm_gateway.keys import KeyStore, ensure_admin_key
 from llm_gateway.models import ModelEntry, build_registry
+from llm_gateway.ratelimit import Limits, MemoryLimiter, RateLimiter, RedisLimiter
 from llm_gateway.service import InferenceService
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
@@ -62,6 +63,13 @@ async def open_store(state: GatewayState) -> None:
     state.authenticator = Authenticator(state.key_store, JwtVerifier(settings, state.jwt_secret))
 
 
+def build_limiter(settings: Settings) -> RateLimiter:
+    """Redis when REDIS_URL is set (limits hold across replicas), else this process only."""
+    if settings.redis_url:
+        return RedisLimiter(settings.redis_url, fail_open=settings.rate_limit_fail_open)
+    return MemoryLimiter()
+
+
 async def _flush_key_use(state: GatewayState) -> None:
     """Record keys' last use every few seconds, off the request path."""
     while True:
@@ -83,12 +91,20 @@ async def _start_backend(entry: ModelEntry) -> None:
 
 def create_app(settings: Settings) -> Starlette:
     registry = build_registry(settings)
-    state = GatewayState(settings=settings, registry=registry, service=InferenceService(registry))
+    defaults = Limits(
+        requests_per_minute=settings.requests_per_minute,
+        tokens_per_minute=settings.tokens_per_minute,
+        concurrent=settings.concurrent_requests,
+    )
+    service = InferenceService(registry, defaults, settings.default_max_tokens)
+    state = GatewayState(settings=settings, registry=registry, service=service)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.jwt_secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)
         await open_store(state)
+        state.limiter = build_limiter(settings)
+        service.limiter = state.limiter
         flusher = asyncio.create_task(_flush_key_use(state))
         loading = (
             asyncio.create_task(
@@ -110,6 +126,8 @@ def create_app(settings: Settings) -> Starlette:
                 await state.authenticator.flush_usage()
             if state.database is not None:
                 await state.database.dispose()
+            if state.limiter is not None:
+                await state.limiter.close()
 
     app = Starlette(
         routes=[*health.routes, *openai_routes.routes, *keys_routes.routes, *ollama_routes.routes],

@@ -104,11 +104,19 @@ class Overloaded(GatewayError):
     type = "server_overloaded"
     code = "queue_full"
 
-    def __init__(self, message: str, *, retry_after: int = 1, status: int = 503) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int = 1,
+        status: int = 503,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, headers={**(headers or {}), "Retry-After": str(retry_after)})
         self.status = status
         if status == 429:
             self.type = "rate_limit_error"
+            self.code = "rate_limit_exceeded"
 
 
 class NotReady(GatewayError):

@@ -1,28 +1,42 @@
-"""The core inference service: resolve a model, start its stream, collect or relay it.
+"""The core inference service: resolve a model, admit the caller, start its stream.
 
-Routes of every protocol go through `InferenceService.open()`, which pulls the
-first chunk before anything is sent to the client, so that failures before
-the first byte (unknown model, prompt too long, queue full) surface as real
-HTTP errors.
+Routes of every protocol go through `InferenceService.open()`, which checks the
+caller's model allow-list and rate limits, then pulls the first chunk before
+anything is sent to the client, so that failures before the first byte
+(unknown model, limits, prompt too long, queue full) surface as real HTTP
+errors. The rate-limit reservation is settled with the real token count when
+the generation closes, however it ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator
 
 from llm_gateway.auth import Principal
-from llm_gateway.errors import BackendError, Forbidden
+from llm_gateway.errors import BackendError, Forbidden, Overloaded
 from llm_gateway.models import ModelEntry, Registry
+from llm_gateway.ratelimit import Decision, Limits, RateLimiter
 from llm_gateway.types import Chunk, GenerationRequest, Usage
 
 
 class Generation:
     """A started generation: the first chunk is in hand, the rest follows."""
 
-    def __init__(self, entry: ModelEntry, first: Chunk, rest: AsyncIterator[Chunk]) -> None:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        first: Chunk,
+        rest: AsyncIterator[Chunk],
+        admission: Admission | None = None,
+    ) -> None:
         self.entry = entry
         self._first: Chunk | None = first
         self._rest = rest
+        self._admission = admission
+        self.usage: Usage | None = first.usage
+        self.headers = admission.headers if admission is not None else {}
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._iterate()
@@ -34,12 +48,21 @@ class Generation:
             if first.finish_reason is not None:
                 return
         async for chunk in self._rest:
+            if chunk.usage is not None:
+                self.usage = chunk.usage
             yield chunk
 
     async def aclose(self) -> None:
-        aclose = getattr(self._rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        try:
+            aclose = getattr(self._rest, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            admission, self._admission = self._admission, None
+            if admission is not None:
+                used = self.usage.total_tokens if self.usage is not None else None
+                # Shielded: a client that leaves must not leak its reservation.
+                await asyncio.shield(admission.settle(used))
 
     async def collect(self) -> tuple[str, Chunk]:
         """All text and the final chunk (finish_reason, usage)."""
@@ -55,24 +78,103 @@ class Generation:
         return "".join(parts), final
 
 
+class Admission:
+    """A rate-limit reservation held by one request until it is settled."""
+
+    def __init__(self, limiter: RateLimiter, decision: Decision, estimate: int) -> None:
+        self._limiter = limiter
+        self._reservation = decision.reservation
+        self._estimate = estimate
+        self.headers = decision.headers
+
+    async def settle(self, used_tokens: int | None) -> None:
+        """Real usage replaces the estimate (the estimate stays when usage is unknown)."""
+        if self._reservation is not None:
+            reservation, self._reservation = self._reservation, None
+            await self._limiter.settle(
+                reservation, self._estimate if used_tokens is None else used_tokens
+            )
+
+
 class InferenceService:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        default_limits: Limits | None = None,
+        default_max_tokens: int = 2048,
+    ) -> None:
         self.registry = registry
+        self.limiter: RateLimiter | None = None  # set in the lifespan
+        self.default_limits = default_limits or Limits()
+        self.default_max_tokens = default_max_tokens
 
     async def open(self, request: GenerationRequest, principal: Principal) -> Generation:
         entry = self.registry.resolve(request.model)
         _check_model_allowed(principal, entry, request.model)
+        admission = await self._admit(request, principal)
         stream = entry.backend.stream(request)
         try:
             first = await anext(stream)
-        except StopAsyncIteration:
-            raise BackendError(f"model '{entry.name}' returned no output") from None
-        except BaseException:
+        except BaseException as exc:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if admission is not None:
+                await asyncio.shield(admission.settle(0))  # nothing was generated
+            if isinstance(exc, StopAsyncIteration):
+                raise BackendError(f"model '{entry.name}' returned no output") from None
             raise
-        return Generation(entry, first, stream)
+        return Generation(entry, first, stream, admission)
+
+    def limits_for(self, principal: Principal) -> Limits:
+        d = self.default_limits
+        return Limits(
+            requests_per_minute=_first(principal.requests_per_minute, d.requests_per_minute),
+            tokens_per_minute=_first(principal.tokens_per_minute, d.tokens_per_minute),
+            concurrent=_first(principal.concurrent, d.concurrent),
+        )
+
+    async def _admit(self, request: GenerationRequest, principal: Principal) -> Admission | None:
+        limits = self.limits_for(principal)
+        if self.limiter is None or limits.empty:
+            return None
+        estimate = _estimate_tokens(request, self.default_max_tokens)
+        key = principal.key_id or f"user:{principal.user}"
+        decision = await self.limiter.acquire(key, limits, estimate)
+        if not decision.allowed:
+            raise _refusal(decision)
+        return Admission(self.limiter, decision, estimate)
+
+
+def _first(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _estimate_tokens(request: GenerationRequest, default_max_tokens: int) -> int:
+    """Prompt tokens (~4 characters each) plus the completion cap, reserved at admission."""
+    chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
+    return chars // 4 + 1 + (request.max_tokens or default_max_tokens)
+
+
+def _refusal(decision: Decision) -> Overloaded:
+    retry = max(1, math.ceil(decision.retry_after_s))
+    if decision.reason == "unavailable":
+        return Overloaded(
+            "rate limiting is unavailable (Redis unreachable); retry shortly",
+            retry_after=retry,
+            headers=decision.headers,
+        )
+    what = {
+        "requests": "requests per minute",
+        "tokens": "tokens per minute",
+        "concurrency": "concurrent requests",
+    }.get(decision.reason or "", "rate")
+    return Overloaded(
+        f"rate limit reached: {what} for this key; retry in {retry} s",
+        retry_after=retry,
+        status=429,
+        headers=decision.headers,
+    )
 
 
 def _check_model_allowed(principal: Principal, entry: ModelEntry, asked: str) -> None:

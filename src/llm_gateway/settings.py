@@ -89,6 +89,28 @@ class Settings(BaseSettings):
     jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, when set.")
     jwt_leeway_s: int = Field(30, ge=0, description="Clock skew allowed on exp, nbf and iat.")
 
+    # --- rate limits ------------------------------------------------------------
+    redis_url: str | None = Field(
+        None,
+        validation_alias=_env("REDIS_URL"),
+        description="Redis for rate limits shared by replicas (redis://host:6379/0); unset, "
+        "limits are kept in this process.",
+    )
+    rate_limit_fail_open: bool = Field(
+        True,
+        description="When Redis is unreachable: admit requests (true, logged) or refuse "
+        "them with 503 (false).",
+    )
+    requests_per_minute: int | None = Field(
+        None, ge=0, description="Default requests per minute of a key without its own limit."
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=0, description="Default tokens per minute (prompt + completion) of a key."
+    )
+    concurrent_requests: int | None = Field(
+        None, ge=0, description="Default concurrent requests of a key."
+    )
+
     # --- models -----------------------------------------------------------
     model_path: Path | None = Field(
         None,

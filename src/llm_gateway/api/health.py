@@ -41,8 +41,16 @@ async def health(request: Request) -> Response:
     status = "failed" if "failed" in statuses else "ok" if statuses <= {"ok"} else "loading"
     if state.draining:
         status = "draining"
+    limiter = state.limiter
+    limits = {
+        "backend": type(limiter).__name__ if limiter else None,
+        "healthy": await limiter.healthy() if limiter else None,
+    }
+    if limits["healthy"] is False and status == "ok":
+        status = "degraded"
     body = {
         "status": status,
+        "rate_limits": limits,
         "version": __version__,
         "uptime_s": round(time.time() - state.started_at, 3),
         "models": models,

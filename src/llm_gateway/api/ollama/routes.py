@@ -58,8 +58,8 @@ async def _reply(
 ) -> Response | EventStream:
     if not stream:
         text, last = await gen.collect()
-        return JSONResponse(final(model, text, last))
-    return EventStream(_lines(gen, model, piece, final), NDJSON)
+        return JSONResponse(final(model, text, last), headers=gen.headers)
+    return EventStream(_lines(gen, model, piece, final), NDJSON, gen.headers)
 
 
 async def _lines(gen: Generation, model: str, piece: Piece, final: Final) -> AsyncIterator[bytes]:

@@ -43,7 +43,7 @@ async def chat_completions(request: Request) -> Response | EventStream:
     ctx = _ctx("chatcmpl", body.model)
     if not body.stream:
         text, final = await gen.collect()
-        return JSONResponse(convert.chat_response(ctx, text, final))
+        return JSONResponse(convert.chat_response(ctx, text, final), headers=gen.headers)
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
@@ -53,7 +53,7 @@ async def chat_completions(request: Request) -> Response | EventStream:
         )
 
     return EventStream(
-        _events(gen, ctx, "chat.completion.chunk", piece, usage), "text/event-stream"
+        _events(gen, ctx, "chat.completion.chunk", piece, usage), "text/event-stream", gen.headers
     )
 
 
@@ -64,13 +64,15 @@ async def completions(request: Request) -> Response | EventStream:
     ctx = _ctx("cmpl", body.model)
     if not body.stream:
         text, final = await gen.collect()
-        return JSONResponse(convert.completion_response(ctx, text, final))
+        return JSONResponse(convert.completion_response(ctx, text, final), headers=gen.headers)
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
         return convert.completion_chunk(ctx, chunk.text, chunk.finish_reason, usage)
 
-    return EventStream(_events(gen, ctx, "text_completion", piece, usage), "text/event-stream")
+    return EventStream(
+        _events(gen, ctx, "text_completion", piece, usage), "text/event-stream", gen.headers
+    )
 
 
 async def _events(

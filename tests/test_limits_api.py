@@ -1,0 +1,167 @@
+"""Rate limits through the API: in process (memory), and three gateway processes sharing Redis."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from llm_gateway import Settings, create_app
+from tests.conftest import ADMIN_KEY, AUTH, admin_client
+
+CHAT = {"model": "dummy", "messages": [{"role": "user", "content": "one two three"}]}
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        engine_dummy=True, data_dir=tmp_path, admin_key=ADMIN_KEY, requests_per_minute=2
+    )
+    with admin_client(settings) as c:
+        yield c
+
+
+def test_requests_per_minute_refuse_with_429_and_openai_headers(limited: TestClient) -> None:
+    first = limited.post("/v1/chat/completions", json=CHAT)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert limited.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
+    refused = limited.post("/v1/chat/completions", json=CHAT)
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    err = refused.json()["error"]
+    assert err["type"] == "rate_limit_error" and "requests per minute" in err["message"]
+    ollama = limited.post("/api/generate", json={"model": "dummy", "prompt": "x"})
+    assert ollama.status_code == 429 and "requests per minute" in ollama.json()["error"]
+
+
+def test_key_limits_override_the_defaults(limited: TestClient) -> None:
+    made = limited.post(
+        "/api/keys", json={"name": "k", "owner": "zoe", "limits": {"requests_per_minute": 1}}
+    )
+    key = {"Authorization": f"Bearer {made.json()['key']}"}
+    assert limited.post("/v1/chat/completions", json=CHAT, headers=key).status_code == 200
+    assert limited.post("/v1/chat/completions", json=CHAT, headers=key).status_code == 429
+    # Another key's budget is its own.
+    assert limited.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_tokens_per_minute_are_settled_with_real_usage(tmp_path: Path) -> None:
+    settings = Settings(
+        engine_dummy=True,
+        data_dir=tmp_path,
+        admin_key=ADMIN_KEY,
+        tokens_per_minute=100,
+        default_max_tokens=20,
+    )
+    with admin_client(settings) as c:
+        # Each request reserves ~20 tokens but uses ~6: settling frees the rest,
+        # so far more than 100 / 20 = 5 requests fit in the minute.
+        codes = [c.post("/v1/chat/completions", json=CHAT).status_code for _ in range(12)]
+        assert codes == [200] * 12
+        assert (
+            int(c.post("/v1/chat/completions", json=CHAT).headers["x-ratelimit-remaining-tokens"])
+            < 100
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_gateway(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llm_gateway",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--engine-dummy",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "gateway exited during start-up"
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.05)
+    pytest.fail("gateway did not start")
+
+
+def test_three_gateways_sharing_redis_admit_exactly_n(tmp_path: Path) -> None:
+    n = 10
+    # A key id of its own keeps this run's Redis counters apart from any other run.
+    admin = f"llmgw-t{secrets.token_hex(5)}-{secrets.token_urlsafe(16)}"
+    env = {
+        **os.environ,
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "GATEWAY_REQUESTS_PER_MINUTE": str(n),
+        "GATEWAY_ADMIN_KEY": admin,
+        "LOG_LEVEL": "WARNING",
+        "GATEWAY_RATE_LIMIT_FAIL_OPEN": "false",
+    }
+    gateways = []
+    try:
+        for _ in range(3):  # one after another: the first one runs the migrations
+            gateways.append(start_gateway(tmp_path, env))
+        urls = [base for _, base in gateways]
+        headers = {"Authorization": f"Bearer {admin}"}
+
+        def call(i: int) -> int:
+            r = httpx.post(
+                f"{urls[i % 3]}/v1/chat/completions", json=CHAT, headers=headers, timeout=10
+            )
+            return r.status_code
+
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            codes = list(pool.map(call, range(3 * n)))
+        assert codes.count(200) == n
+        assert codes.count(429) == 2 * n
+        health = httpx.get(f"{urls[0]}/health").json()
+        assert health["rate_limits"] == {"backend": "RedisLimiter", "healthy": True}
+    finally:
+        for proc, _ in gateways:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_unreachable_redis_fails_closed_when_asked(tmp_path: Path) -> None:
+    settings = Settings(
+        engine_dummy=True,
+        data_dir=tmp_path,
+        admin_key=ADMIN_KEY,
+        requests_per_minute=5,
+        redis_url="redis://127.0.0.1:1/0",
+        rate_limit_fail_open=False,
+    )
+    with TestClient(create_app(settings), headers=AUTH) as c:
+        r = c.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 503 and "unavailable" in r.json()["error"]["message"]
+        health = c.get("/health").json()
+        assert health["rate_limits"]["healthy"] is False and health["status"] == "degraded"
