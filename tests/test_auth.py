@@ -36,13 +36,17 @@ def rsa_key(tmp_path: Path) -> tuple[rsa.RSAPrivateKey, Path]:
 
 
 @pytest.fixture
-def app_client(tmp_path: Path, rsa_key: tuple[rsa.RSAPrivateKey, Path]) -> Iterator[TestClient]:
+def app_client(
+    tmp_path: Path, rsa_key: tuple[rsa.RSAPrivateKey, Path], database_url: str | None
+) -> Iterator[TestClient]:
+    """The app on SQLite and on the real PostgreSQL: every test here runs on both."""
     settings = Settings(
         engine_dummy=True,
         data_dir=tmp_path,
         admin_key=ADMIN_KEY,
         jwt_secret=SECRET,
         jwt_public_key_file=rsa_key[1],
+        database_url=database_url,
     )
     with TestClient(create_app(settings)) as c:
         yield c
