@@ -135,6 +135,12 @@ class RateLimiter(Protocol):
         concurrency slot; a second call is a no-op."""
         ...
 
+    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
+        """``settle()`` without waiting: applied at once in memory, in the background
+        for Redis (the response does not wait for it, and a cancelled request
+        cannot interrupt it)."""
+        ...
+
     async def close(self) -> None:
         """Release the backend's resources."""
         ...
@@ -340,6 +346,10 @@ class MemoryLimiter:
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """See ``RateLimiter.settle``."""
+        self.settle_soon(reservation, actual_tokens)
+
+    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
+        """See ``RateLimiter.settle_soon``: synchronous here."""
         if not reservation.id:
             return
         state = self._keys.get(reservation.key)
@@ -508,6 +518,7 @@ class RedisLimiter:
         # Calls queue here rather than in the pool: a waiter that gets its turn
         # after a failure answers at once instead of trying a dead Redis again.
         self._slots = asyncio.Semaphore(max_connections)
+        self._pending: set[asyncio.Task[None]] = set()
         self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._settle = self._redis.register_script(_SETTLE_LUA)
         self._fail_open = fail_open
@@ -582,6 +593,14 @@ class RedisLimiter:
             except (RedisError, OSError) as exc:
                 self._failed(exc)
 
+    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
+        """See ``RateLimiter.settle_soon``: a tracked background task."""
+        if not reservation.id:
+            return
+        task = asyncio.get_running_loop().create_task(self.settle(reservation, actual_tokens))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     def _unavailable(self, key: str) -> Decision:
         """The answer while Redis cannot be reached."""
         if self._fail_open:
@@ -616,5 +635,7 @@ class RedisLimiter:
         return self._healthy
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Finish pending settlements, then close the connection pool."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
         await self._redis.aclose()

@@ -10,7 +10,6 @@ the generation closes, however it ends.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator
 
@@ -60,9 +59,7 @@ class Generation:
         finally:
             admission, self._admission = self._admission, None
             if admission is not None:
-                used = self.usage.total_tokens if self.usage is not None else None
-                # Shielded: a client that leaves must not leak its reservation.
-                await asyncio.shield(admission.settle(used))
+                admission.settle(self.usage.total_tokens if self.usage is not None else None)
 
     async def collect(self) -> tuple[str, Chunk]:
         """All text and the final chunk (finish_reason, usage)."""
@@ -87,13 +84,16 @@ class Admission:
         self._estimate = estimate
         self.headers = decision.headers
 
-    async def settle(self, used_tokens: int | None) -> None:
-        """Real usage replaces the estimate (the estimate stays when usage is unknown)."""
+    def settle(self, used_tokens: int | None) -> None:
+        """Real usage replaces the estimate (the estimate stays when usage is unknown).
+
+        Never awaited: the limiter applies it at once or in the background, so
+        neither the response nor a cancellation can hold it up.
+        """
         if self._reservation is not None:
             reservation, self._reservation = self._reservation, None
-            await self._limiter.settle(
-                reservation, self._estimate if used_tokens is None else used_tokens
-            )
+            tokens = self._estimate if used_tokens is None else used_tokens
+            self._limiter.settle_soon(reservation, tokens)
 
 
 class InferenceService:
@@ -120,7 +120,7 @@ class InferenceService:
             if aclose is not None:
                 await aclose()
             if admission is not None:
-                await asyncio.shield(admission.settle(0))  # nothing was generated
+                admission.settle(0)  # nothing was generated
             if isinstance(exc, StopAsyncIteration):
                 raise BackendError(f"model '{entry.name}' returned no output") from None
             raise

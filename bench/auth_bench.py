@@ -1,0 +1,238 @@
+"""What authentication and rate limiting cost: requests/s and latency, on against off.
+
+Three gateways run side by side, each pinned to CPU 0 (wrk, the load generator,
+gets CPU 1):
+
+* off    - GATEWAY_AUTH=false, no limits
+* memory - API key auth + per-key limits (requests, tokens, concurrency) in process
+* redis  - the same, limits in Redis (REDIS_URL=redis://127.0.0.1:6379/0)
+
+The limits are set far above what the run can reach, so every request pays
+for the checks and none is refused. For each of --rounds interleaved rounds,
+each gateway gets a throughput run (non-streaming chat completions, wrk -c16)
+and a latency run (wrk -c1, p50). With the dummy backend this isolates the
+gateway's own work; --model adds the same runs on the built-in model
+(max_tokens 4, -c4, two threads, unpinned) where inference dominates.
+
+Needs wrk (`apt-get install wrk`) and Redis on 127.0.0.1:6379.
+
+    .venv/bin/python bench/auth_bench.py [--rounds 3] [--seconds 5] [--model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "llmgw-authbench01-auth-bench-key"
+HUGE = "1000000000"
+VARIANTS: dict[str, dict[str, str]] = {
+    "off": {"GATEWAY_AUTH": "false"},
+    "memory": {
+        "GATEWAY_REQUESTS_PER_MINUTE": HUGE,
+        "GATEWAY_TOKENS_PER_MINUTE": HUGE,
+        "GATEWAY_CONCURRENT_REQUESTS": HUGE,
+    },
+    "redis": {
+        "GATEWAY_REQUESTS_PER_MINUTE": HUGE,
+        "GATEWAY_TOKENS_PER_MINUTE": HUGE,
+        "GATEWAY_CONCURRENT_REQUESTS": HUGE,
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+    },
+}
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{"model": "%s", "max_tokens": %d, ' ..
+    '"messages": [{"role": "user", "content": "hello there"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def gateway(name: str, extra: dict[str, str], tmp: Path, model: bool) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_ADMIN_KEY": KEY, "LOG_LEVEL": "WARNING", **extra})
+    cmd = [
+        sys.executable,
+        "-m",
+        "llm_gateway",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp / name),
+    ]
+    if model:
+        cmd += ["--threads", "2"]
+    else:
+        cmd = ["taskset", "-c", "0", *cmd, "--engine-dummy"]
+    log = (tmp / f"{name}.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited; see {tmp / name}.log")
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def wrk(base: str, script: Path, connections: int, seconds: int, pin: bool) -> dict[str, float]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"{base}/v1/chat/completions",
+    ]
+    if pin:
+        cmd = ["taskset", "-c", "1", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else -1,
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def measure(
+    bases: dict[str, str], script: Path, args: argparse.Namespace, model: bool
+) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {
+        v: {"rps": [], "p50_ms": [], "non_2xx": []} for v in bases
+    }
+    names = list(bases)
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            load = wrk(bases[name], script, 4 if model else 16, args.seconds, pin=not model)
+            lat = wrk(bases[name], script, 1, args.seconds, pin=not model)
+            results[name]["rps"].append(load["rps"])
+            results[name]["p50_ms"].append(lat["p50_ms"])
+            results[name]["non_2xx"].append(load["non_2xx"] + lat["non_2xx"])
+            print(
+                f"  round {r + 1} {name:6}: {load['rps']:8.0f} req/s at c{4 if model else 16}"
+                f", p50 {lat['p50_ms']:.3f} ms at c1",
+                flush=True,
+            )
+    return results
+
+
+def summarize(results: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {
+        v: {
+            "rps": statistics.median(r["rps"]),
+            "p50_ms": statistics.median(r["p50_ms"]),
+            "non_2xx": sum(r["non_2xx"]),
+        }
+        for v, r in results.items()
+    }
+
+
+def report(title: str, s: dict[str, dict[str, float]]) -> list[str]:
+    lines = [f"{title}:"]
+    for name, m in s.items():
+        lines.append(
+            f"  {name:6} {m['rps']:9.0f} req/s   p50 {m['p50_ms']:.3f} ms"
+            f"   non-2xx {m['non_2xx']:.0f}"
+        )
+    off = s["off"]
+    for name in ("memory", "redis"):
+        cost = 1 - s[name]["rps"] / off["rps"]
+        verdict = "PASS" if cost <= 0.15 else "FAIL"
+        lines.append(f"  {name} costs {cost:6.1%} of throughput (bar <= 15%)  {verdict}")
+    added = s["redis"]["p50_ms"] - s["memory"]["p50_ms"]
+    lines.append(
+        f"  redis limiter adds {added:.3f} ms at p50 over memory (bar <= 0.3 ms)  "
+        f"{'PASS' if added <= 0.3 else 'FAIL'}"
+    )
+    return lines
+
+
+def run(args: argparse.Namespace, model: bool) -> dict[str, dict[str, float]]:
+    with tempfile.TemporaryDirectory(prefix="auth-bench-") as tmp:
+        script = Path(tmp) / "post.lua"
+        name = "smollm2" if model else "dummy"
+        script.write_text(WRK_SCRIPT % (name, 4 if model else 16, KEY))
+        bases: dict[str, str] = {}
+        with (
+            gateway("off", VARIANTS["off"], Path(tmp), model) as off,
+            gateway("memory", VARIANTS["memory"], Path(tmp), model) as memory,
+            gateway("redis", VARIANTS["redis"], Path(tmp), model) as redis,
+        ):
+            bases = {"off": off, "memory": memory, "redis": redis}
+            return summarize(measure(bases, script, args, model))
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description="auth + rate-limit overhead")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--model", action="store_true", help="also measure on the built-in model")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "auth.json")
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 2
+    print(f"{datetime.now(UTC).isoformat(timespec='seconds')}, nproc {os.cpu_count()}")
+    out = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([sys.executable, *sys.argv]),
+    }
+    print("[dummy backend, gateway pinned to CPU 0, wrk on CPU 1]")
+    out["dummy"] = run(args, model=False)
+    lines = report("dummy backend", out["dummy"])
+    if args.model:
+        print("[built-in model]")
+        out["model"] = run(args, model=True)
+        lines += report("built-in model", out["model"])
+    print("\n".join(["", *lines]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
