@@ -193,3 +193,20 @@ def test_client_disconnect_aborts_generation(server: str) -> None:
     state = _engine_state(server)
     assert state["active_sequences"] == 0 and state["kv_cells_used"] == 0
     assert state["tokens_generated"] - before < 1000  # stopped long before max_tokens
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_non_streaming_client_that_gives_up_aborts_generation(server: str, path: str) -> None:
+    body = {
+        "model": MODEL,
+        "stream": False,
+        "max_tokens": 2000,
+        "options": {"num_predict": 2000},
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}{path}", json=body, headers=AUTH, timeout=1.0)
+    deadline = time.monotonic() + 10
+    while _engine_state(server)["active_sequences"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _engine_state(server)["active_sequences"] == 0

@@ -122,6 +122,47 @@ class EventStream:
                 await asyncio.gather(watcher, return_exceptions=True)
 
 
+class CancelOnDisconnect:
+    """Cancel the work inside `async with` when the client disconnects.
+
+    For non-streaming replies, whose handlers would otherwise generate to the
+    end for nobody. `gone` tells afterwards whether the client left; the
+    cancellation it caused is swallowed, any other is not.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.gone = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> CancelOnDisconnect:
+        task = asyncio.current_task()
+        assert task is not None
+
+        async def watch() -> None:
+            while (await self.request.receive())["type"] != "http.disconnect":
+                pass
+            self.gone = True
+            task.cancel()
+
+        self._watcher = asyncio.create_task(watch())
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        assert self._watcher is not None
+        self._watcher.cancel()
+        await asyncio.gather(self._watcher, return_exceptions=True)
+        if exc_type is asyncio.CancelledError and self.gone:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return True
+        return False
+
+
+CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, logs do
+
+
 def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 

@@ -16,7 +16,14 @@ from starlette.routing import Route
 
 from llm_gateway import __version__
 from llm_gateway.api.decode import decode_body
-from llm_gateway.api.http import EventStream, JSONResponse, as_gateway_error, ndjson
+from llm_gateway.api.http import (
+    CLIENT_GONE,
+    CancelOnDisconnect,
+    EventStream,
+    JSONResponse,
+    as_gateway_error,
+    ndjson,
+)
 from llm_gateway.api.keys import principal_of
 from llm_gateway.api.ollama import convert
 from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest
@@ -24,7 +31,7 @@ from llm_gateway.errors import InvalidRequest
 from llm_gateway.models import ModelEntry
 from llm_gateway.service import Generation
 from llm_gateway.state import GatewayState
-from llm_gateway.types import Chunk
+from llm_gateway.types import Chunk, GenerationRequest
 
 NDJSON = "application/x-ndjson"
 Piece = Callable[[str, str], dict[str, Any]]
@@ -37,9 +44,9 @@ async def generate(request: Request) -> Response | EventStream:
     if not body.prompt and not body.raw:
         state.registry.resolve(body.model)  # 404 for an unknown model, as Ollama does
         return JSONResponse(convert.load_reply(body.model, chat=False))
-    gen = await state.service.open(convert.from_generate_request(body), principal_of(request))
+    req = convert.from_generate_request(body)
     return await _reply(
-        gen, body.model, body.stream, convert.generate_chunk, convert.generate_final
+        request, req, body.model, body.stream, convert.generate_chunk, convert.generate_final
     )
 
 
@@ -49,16 +56,23 @@ async def chat(request: Request) -> Response | EventStream:
     if not body.messages:
         state.registry.resolve(body.model)
         return JSONResponse(convert.load_reply(body.model, chat=True))
-    gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
-    return await _reply(gen, body.model, body.stream, convert.chat_chunk, convert.chat_final)
+    req = convert.from_chat_request(body)
+    return await _reply(
+        request, req, body.model, body.stream, convert.chat_chunk, convert.chat_final
+    )
 
 
 async def _reply(
-    gen: Generation, model: str, stream: bool, piece: Piece, final: Final
+    request: Request, req: GenerationRequest, model: str, stream: bool, piece: Piece, final: Final
 ) -> Response | EventStream:
+    service, principal = GatewayState.of(request).service, principal_of(request)
     if not stream:
-        text, last = await gen.collect()
-        return JSONResponse(final(model, text, last), headers=gen.headers)
+        async with CancelOnDisconnect(request):
+            gen = await service.open(req, principal)
+            text, last = await gen.collect()
+            return JSONResponse(final(model, text, last), headers=gen.headers)
+        return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
+    gen = await service.open(req, principal)
     return EventStream(_lines(gen, model, piece, final), NDJSON, gen.headers)
 
 

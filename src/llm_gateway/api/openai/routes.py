@@ -19,7 +19,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llm_gateway.api.decode import decode_body
-from llm_gateway.api.http import EventStream, JSONResponse, as_gateway_error, sse
+from llm_gateway.api.http import (
+    CLIENT_GONE,
+    CancelOnDisconnect,
+    EventStream,
+    JSONResponse,
+    as_gateway_error,
+    sse,
+)
 from llm_gateway.api.keys import principal_of
 from llm_gateway.api.openai import convert
 from llm_gateway.api.openai.schemas import ChatCompletionRequest, CompletionRequest
@@ -39,11 +46,14 @@ def _ctx(prefix: str, model: str) -> convert.ReplyContext:
 async def chat_completions(request: Request) -> Response | EventStream:
     state = GatewayState.of(request)
     body = decode_body(await request.body(), ChatCompletionRequest)
-    gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
     ctx = _ctx("chatcmpl", body.model)
     if not body.stream:
-        text, final = await gen.collect()
-        return JSONResponse(convert.chat_response(ctx, text, final), headers=gen.headers)
+        async with CancelOnDisconnect(request):
+            gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
+            text, final = await gen.collect()
+            return JSONResponse(convert.chat_response(ctx, text, final), headers=gen.headers)
+        return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
+    gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
@@ -60,11 +70,15 @@ async def chat_completions(request: Request) -> Response | EventStream:
 async def completions(request: Request) -> Response | EventStream:
     state = GatewayState.of(request)
     body = decode_body(await request.body(), CompletionRequest)
-    gen = await state.service.open(convert.from_completion_request(body), principal_of(request))
     ctx = _ctx("cmpl", body.model)
+    req = convert.from_completion_request(body)
     if not body.stream:
-        text, final = await gen.collect()
-        return JSONResponse(convert.completion_response(ctx, text, final), headers=gen.headers)
+        async with CancelOnDisconnect(request):
+            gen = await state.service.open(req, principal_of(request))
+            text, final = await gen.collect()
+            return JSONResponse(convert.completion_response(ctx, text, final), headers=gen.headers)
+        return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
+    gen = await state.service.open(req, principal_of(request))
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
