@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,47 +12,26 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, AUTH
+from tests.conftest import ADMIN_KEY, AUTH, start_gateway
 
 pytestmark = pytest.mark.model
 
 MODEL = "smollm2-135m-instruct"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     data = tmp_path_factory.mktemp("data")
     env = {
         **os.environ,
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
         "GATEWAY_DATA_DIR": str(data),
         "LOG_LEVEL": "WARNING",
         "GATEWAY_THREADS": "2",
         "GATEWAY_ADMIN_KEY": ADMIN_KEY,
     }
     env.pop("JWT_SECRET", None)
-    proc = subprocess.Popen([sys.executable, "-m", "llm_gateway", "serve"], env=env)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_gateway([], env)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("server did not become ready in 60 s")
         assert (Path(data) / "jwt_secret").stat().st_mode & 0o777 == 0o600
         yield base
     finally:

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from llm_gateway import Settings, create_app
-from tests.conftest import ADMIN_KEY, AUTH, admin_client
+from tests.conftest import ADMIN_KEY, AUTH, admin_client, start_gateway
 
 CHAT = {"model": "dummy", "messages": [{"role": "user", "content": "one two three"}]}
 
@@ -76,44 +72,6 @@ def test_tokens_per_minute_are_settled_with_real_usage(tmp_path: Path) -> None:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_gateway(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llm_gateway",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--engine-dummy",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "gateway exited during start-up"
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            time.sleep(0.05)
-    pytest.fail("gateway did not start")
-
-
 def test_three_gateways_sharing_redis_admit_exactly_n(tmp_path: Path) -> None:
     n = 10
     # A key id of its own keeps this run's Redis counters apart from any other run.
@@ -129,7 +87,7 @@ def test_three_gateways_sharing_redis_admit_exactly_n(tmp_path: Path) -> None:
     gateways = []
     try:
         for _ in range(3):  # one after another: the first one runs the migrations
-            gateways.append(start_gateway(tmp_path, env))
+            gateways.append(start_gateway(["--data-dir", str(tmp_path), "--engine-dummy"], env))
         urls = [base for _, base in gateways]
         headers = {"Authorization": f"Bearer {admin}"}
 
