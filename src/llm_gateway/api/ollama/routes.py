@@ -67,7 +67,7 @@ async def _reply(
 ) -> Response | EventStream:
     service, principal = GatewayState.of(request).service, principal_of(request)
     if not stream:
-        async with CancelOnDisconnect(request):
+        async with CancelOnDisconnect(request.receive):
             gen = await service.open(req, principal)
             text, last = await gen.collect()
             return JSONResponse(final(model, text, last), headers=gen.headers)

@@ -48,7 +48,7 @@ async def chat_completions(request: Request) -> Response | EventStream:
     body = decode_body(await request.body(), ChatCompletionRequest)
     ctx = _ctx("chatcmpl", body.model)
     if not body.stream:
-        async with CancelOnDisconnect(request):
+        async with CancelOnDisconnect(request.receive):
             gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
             text, final = await gen.collect()
             return JSONResponse(convert.chat_response(ctx, text, final), headers=gen.headers)
@@ -73,7 +73,7 @@ async def completions(request: Request) -> Response | EventStream:
     ctx = _ctx("cmpl", body.model)
     req = convert.from_completion_request(body)
     if not body.stream:
-        async with CancelOnDisconnect(request):
+        async with CancelOnDisconnect(request.receive):
             gen = await state.service.open(req, principal_of(request))
             text, final = await gen.collect()
             return JSONResponse(convert.completion_response(ctx, text, final), headers=gen.headers)
