@@ -103,8 +103,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.jwt_secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)
         await open_store(state)
-        state.limiter = build_limiter(settings)
-        service.limiter = state.limiter
+        service.limiter = build_limiter(settings)
         flusher = asyncio.create_task(_flush_key_use(state))
         loading = (
             asyncio.create_task(
@@ -126,8 +125,8 @@ def create_app(settings: Settings) -> Starlette:
                 await state.authenticator.flush_usage()
             if state.database is not None:
                 await state.database.dispose()
-            if state.limiter is not None:
-                await state.limiter.close()
+            if service.limiter is not None:
+                await service.limiter.close()
 
     app = Starlette(
         routes=[*health.routes, *openai_routes.routes, *keys_routes.routes, *ollama_routes.routes],

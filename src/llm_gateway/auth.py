@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jwt
+from starlette.requests import HTTPConnection
 
 from llm_gateway.api.http import error_response
 from llm_gateway.errors import Forbidden, GatewayError, NotReady, Unauthorized
@@ -70,6 +71,12 @@ class Principal:
             tokens_per_minute=key.tpm_limit,
             concurrent=key.concurrency_limit,
         )
+
+
+def principal_of(conn: HTTPConnection) -> Principal:
+    """The caller AuthMiddleware put on a request."""
+    principal: Principal = conn.scope["state"]["principal"]
+    return principal
 
 
 ANONYMOUS = Principal(user="anonymous", scopes=frozenset({"admin", "user"}))

@@ -129,9 +129,9 @@ class InferenceService:
     def limits_for(self, principal: Principal) -> Limits:
         d = self.default_limits
         return Limits(
-            requests_per_minute=_first(principal.requests_per_minute, d.requests_per_minute),
-            tokens_per_minute=_first(principal.tokens_per_minute, d.tokens_per_minute),
-            concurrent=_first(principal.concurrent, d.concurrent),
+            requests_per_minute=_or(principal.requests_per_minute, d.requests_per_minute),
+            tokens_per_minute=_or(principal.tokens_per_minute, d.tokens_per_minute),
+            concurrent=_or(principal.concurrent, d.concurrent),
         )
 
     async def _admit(self, request: GenerationRequest, principal: Principal) -> Admission | None:
@@ -146,8 +146,8 @@ class InferenceService:
         return Admission(self.limiter, decision, estimate)
 
 
-def _first(*values: int | None) -> int | None:
-    return next((v for v in values if v is not None), None)
+def _or(own: int | None, default: int | None) -> int | None:
+    return own if own is not None else default
 
 
 def _estimate_tokens(request: GenerationRequest, default_max_tokens: int) -> int:

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
     from llm_gateway.auth import Authenticator
     from llm_gateway.keys import KeyStore
-    from llm_gateway.ratelimit import RateLimiter
 
 
 @dataclass
@@ -36,7 +35,6 @@ class GatewayState:
     database: AsyncEngine | None = None
     key_store: KeyStore | None = None
     authenticator: Authenticator | None = None
-    limiter: RateLimiter | None = None
 
     @property
     def keys(self) -> KeyStore:

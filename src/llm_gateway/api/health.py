@@ -41,7 +41,7 @@ async def health(request: Request) -> Response:
     status = "failed" if "failed" in statuses else "ok" if statuses <= {"ok"} else "loading"
     if state.draining:
         status = "draining"
-    limiter = state.limiter
+    limiter = state.service.limiter
     limits = {
         "backend": type(limiter).__name__ if limiter else None,
         "healthy": await limiter.healthy() if limiter else None,

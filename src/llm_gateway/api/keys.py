@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.http import JSONResponse
-from llm_gateway.auth import Principal
+from llm_gateway.auth import Principal, principal_of
 from llm_gateway.errors import InvalidRequest, NotFound
 from llm_gateway.keys import ApiKey, NewKey
 from llm_gateway.state import GatewayState
@@ -37,11 +37,6 @@ class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
     expires_at: datetime | None = None
     expires_in_days: float | None = None
     limits: KeyLimits | None = None
-
-
-def principal_of(request: Request) -> Principal:
-    principal: Principal = request.scope["state"]["principal"]
-    return principal
 
 
 def _new_key(body: CreateKey, caller: Principal) -> NewKey:

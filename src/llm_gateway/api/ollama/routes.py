@@ -24,9 +24,9 @@ from llm_gateway.api.http import (
     as_gateway_error,
     ndjson,
 )
-from llm_gateway.api.keys import principal_of
 from llm_gateway.api.ollama import convert
 from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest
+from llm_gateway.auth import principal_of
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.models import ModelEntry
 from llm_gateway.service import Generation

@@ -27,9 +27,9 @@ from llm_gateway.api.http import (
     as_gateway_error,
     sse,
 )
-from llm_gateway.api.keys import principal_of
 from llm_gateway.api.openai import convert
 from llm_gateway.api.openai.schemas import ChatCompletionRequest, CompletionRequest
+from llm_gateway.auth import principal_of
 from llm_gateway.service import Generation
 from llm_gateway.state import GatewayState
 from llm_gateway.types import Chunk
