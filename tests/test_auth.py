@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -154,6 +155,25 @@ def test_hs256_tokens(app_client: TestClient) -> None:
     forged = mint_token("another-secret-of-sufficient-length-0123456789", "erin")
     assert app_client.get("/v1/models", headers=bearer(forged)).status_code == 401
     assert app_client.get("/v1/models", headers=bearer("not.a.jwt")).status_code == 401
+
+
+def test_jwt_limit_claims_apply_per_model(app_client: TestClient) -> None:
+    token = mint_token(
+        SECRET,
+        "frank",
+        limits={"requests_per_minute": 5, "models": {"dummy-echo": {"requests_per_minute": 1}}},
+    )
+
+    def ask(model: str) -> httpx.Response:
+        body = {**CHAT, "model": model}
+        return app_client.post("/v1/chat/completions", headers=bearer(token), json=body)
+
+    assert [ask("dummy-echo").status_code, ask("dummy-echo").status_code] == [200, 429]
+    assert ask("dummy").headers["x-ratelimit-remaining-requests"] == "4"
+    bad = mint_token(SECRET, "frank", limits={"models": {"dummy": {"concurrent_requests": "2"}}})
+    r = app_client.get("/v1/models", headers=bearer(bad))
+    assert r.status_code == 401
+    assert "limits.models.dummy.concurrent_requests" in r.json()["error"]["message"]
 
 
 def test_alg_none_and_algorithm_confusion_are_refused(

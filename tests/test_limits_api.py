@@ -53,6 +53,64 @@ def test_key_limits_override_the_defaults(limited: TestClient) -> None:
     assert limited.post("/v1/chat/completions", json=CHAT).status_code == 200
 
 
+MODELS_FILE = """
+models:
+  - name: small
+    backend: dummy
+  - name: big
+    backend: dummy
+    aliases: [large]
+    limits: {requests_per_minute: 1}
+"""
+
+
+def test_model_limits_count_in_their_own_window(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text(MODELS_FILE)
+    settings = Settings(
+        config=config, data_dir=tmp_path, admin_key=ADMIN_KEY, requests_per_minute=3
+    )
+
+    def ask(c: TestClient, model: str, **kw: dict[str, str]) -> int:
+        return c.post("/v1/chat/completions", json={**CHAT, "model": model}, **kw).status_code  # type: ignore[arg-type]
+
+    with admin_client(settings) as c:
+        # The model's own limit (1/min) applies to it, whatever the default is...
+        assert [ask(c, "big"), ask(c, "large")] == [200, 429]
+        # ...and does not use up the key's default budget (3/min) on other models.
+        assert [ask(c, "small") for _ in range(4)] == [200, 200, 200, 429]
+        # A key's override for a model wins over the models file, by name or alias.
+        made = c.post(
+            "/api/keys",
+            json={
+                "name": "k",
+                "owner": "zoe",
+                "limits": {"models": {"LARGE": {"requests_per_minute": 2}}},
+            },
+        )
+        assert made.status_code == 201, made.text
+        shown = made.json()["limits"]["models"]
+        assert shown == {
+            "LARGE": {
+                "requests_per_minute": 2,
+                "tokens_per_minute": None,
+                "concurrent_requests": None,
+            }
+        }
+        key = {"headers": {"Authorization": f"Bearer {made.json()['key']}"}}
+        assert [ask(c, "big", **key) for _ in range(3)] == [200, 200, 429]
+        assert c.get(f"/api/keys/{made.json()['id']}").json()["limits"]["models"] == shown
+
+
+def test_negative_model_limit_is_a_400(limited: TestClient) -> None:
+    bad = limited.post(
+        "/api/keys",
+        json={"name": "k", "limits": {"models": {"dummy": {"tokens_per_minute": -1}}}},
+    )
+    assert bad.status_code == 400
+    assert "limits.models.dummy.tokens_per_minute" in bad.json()["error"]
+
+
 def test_tokens_per_minute_are_settled_with_real_usage(tmp_path: Path) -> None:
     settings = Settings(
         engine_dummy=True,

@@ -6,6 +6,7 @@ of the server's TIME. The Redis tests fail, not skip, when Redis is down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -354,6 +355,29 @@ async def test_healthy(limiter: RateLimiter) -> None:
     assert await limiter.healthy()
 
 
+async def test_concurrent_burst_admits_exactly_n(limiter: RateLimiter) -> None:
+    # 50 acquires at once (one pipeline or several for Redis): exactly 20 pass.
+    limits = Limits(requests_per_minute=20, tokens_per_minute=10**6, concurrent=30)
+    decisions = await asyncio.gather(*(limiter.acquire("k", limits, 5) for _ in range(50)))
+    admitted = [d for d in decisions if d.allowed]
+    assert len(admitted) == 20
+    assert {d.reason for d in decisions if not d.allowed} == {"requests"}
+    remaining = sorted(int(d.headers["x-ratelimit-remaining-requests"]) for d in admitted)
+    assert remaining == list(range(20))  # each saw the ones before it
+
+
+async def test_settlements_without_waiting_free_the_slot(
+    limiter: RateLimiter, clock: FakeClock
+) -> None:
+    limits = Limits(concurrent=2)
+    for _ in range(3):  # settled without waiting, each frees its slot for the next
+        first = await _admit(limiter, "k", limits)
+        second = await _admit(limiter, "k", limits)
+        limiter.settle_soon(_reservation(first), 0)
+        limiter.settle_soon(_reservation(second), 0)
+        await asyncio.sleep(0.05)
+
+
 # --------------------------------------------------------------------------- Redis only
 
 
@@ -370,6 +394,24 @@ async def test_redis_keys_expire(prefix: str) -> None:
         assert 0 < ttls[1] <= 61 and 0 < ttls[2] <= 62
         await lim.settle(_reservation(decision), 5)
         assert not await client.exists(f"{prefix}{{k}}:c")  # empty: gone at once
+    finally:
+        await client.aclose()
+        await lim.close()
+        await _delete_prefix(prefix)
+
+
+async def test_redis_reloads_its_scripts_after_a_flush(prefix: str) -> None:
+    await _ping_redis()
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix)
+    client = Redis.from_url(REDIS_URL)
+    try:
+        await _admit(lim, "k", Limits(requests_per_minute=5))
+        await client.script_flush()  # e.g. Redis restarted or failed over
+        decisions = await asyncio.gather(
+            *(lim.acquire("k", Limits(requests_per_minute=5), 0) for _ in range(6))
+        )
+        assert [d.allowed for d in decisions].count(True) == 4
+        assert lim.last_healthy
     finally:
         await client.aclose()
         await lim.close()

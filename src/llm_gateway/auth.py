@@ -13,10 +13,11 @@ revoked key keeps working on any replica.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from starlette.requests import HTTPConnection
 from llm_gateway.api.http import error_response
 from llm_gateway.errors import Forbidden, GatewayError, NotReady, Unauthorized
 from llm_gateway.keys import ApiKey, KeyStore, hash_secret, parse_key
+from llm_gateway.ratelimit import NO_LIMITS, Limits
 from llm_gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,9 +50,10 @@ class Principal:
     scopes: frozenset[str]
     key_id: str | None = None  # None for JWTs and for auth turned off
     allowed_models: tuple[str, ...] | None = None
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    concurrent: int | None = None
+    limits: Limits = NO_LIMITS
+    """The caller's own limits; unset fields fall back to the defaults."""
+    model_limits: Mapping[str, Limits] | None = None
+    """Overrides for single models, by model name or alias (lower case)."""
 
     @property
     def is_admin(self) -> bool:
@@ -67,10 +70,13 @@ class Principal:
             scopes=frozenset(key.scopes),
             key_id=key.id,
             allowed_models=key.allowed_models,
-            requests_per_minute=key.rpm_limit,
-            tokens_per_minute=key.tpm_limit,
-            concurrent=key.concurrency_limit,
+            limits=Limits(key.rpm_limit, key.tpm_limit, key.concurrency_limit),
+            model_limits=_lower_keys(key.model_limits),
         )
+
+
+def _lower_keys(limits: Mapping[str, Limits] | None) -> Mapping[str, Limits] | None:
+    return {m.lower(): lim for m, lim in limits.items()} if limits else None
 
 
 def principal_of(conn: HTTPConnection) -> Principal:
@@ -90,11 +96,30 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset(items) & {"admin", "user"} or frozenset({"user"})
 
 
-def _int_claim(limits: dict[str, Any], name: str) -> int | None:
+def _int_claim(limits: dict[str, Any], name: str, where: str = "limits.") -> int | None:
     value = limits.get(name)
-    if value is not None and (not isinstance(value, int) or value < 0):
-        raise Unauthorized(f"JWT claim 'limits.{name}' must be a non-negative integer")
+    if value is not None and (type(value) is not int or value < 0):
+        raise Unauthorized(f"JWT claim '{where}{name}' must be a non-negative integer")
     return value
+
+
+def _limits_claim(limits: Any, where: str) -> Limits:
+    if not isinstance(limits, dict):
+        raise Unauthorized(f"JWT claim '{where.rstrip('.')}' must be an object")
+    return Limits(
+        _int_claim(limits, "requests_per_minute", where),
+        _int_claim(limits, "tokens_per_minute", where),
+        _int_claim(limits, "concurrent_requests", where),
+    )
+
+
+def _model_limits_claim(limits: dict[str, Any]) -> Mapping[str, Limits] | None:
+    models = limits.get("models")
+    if models is None:
+        return None
+    if not isinstance(models, dict):
+        raise Unauthorized("JWT claim 'limits.models' must be an object")
+    return {m.lower(): _limits_claim(v, f"limits.models.{m}.") for m, v in models.items()}
 
 
 class JwtVerifier:
@@ -143,16 +168,13 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
         limits = claims.get("limits") or {}
-        if not isinstance(limits, dict):
-            raise Unauthorized("JWT claim 'limits' must be an object")
         models = claims.get("models")
         return Principal(
             user=str(claims["sub"]),
             scopes=_scopes(claims),
             allowed_models=tuple(models) if isinstance(models, list) else None,
-            requests_per_minute=_int_claim(limits, "requests_per_minute"),
-            tokens_per_minute=_int_claim(limits, "tokens_per_minute"),
-            concurrent=_int_claim(limits, "concurrent_requests"),
+            limits=_limits_claim(limits, "limits."),
+            model_limits=_model_limits_claim(limits),
         )
 
 
@@ -175,7 +197,7 @@ def mint_token(
     ttl_s: int = 3600,
     issuer: str | None = None,
     audience: str | None = None,
-    limits: dict[str, int] | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> str:
     """An HS256 token for `llm-gateway token create`."""
     now = int(time.time())
@@ -202,26 +224,41 @@ class Authenticator:
         self.store = store
         self.verifier = verifier
         self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._loading: dict[str, asyncio.Future[Principal | None]] = {}
         self.used: set[str] = set()  # key ids seen since the last touch flush
 
     async def authenticate(self, token: str) -> Principal:
         if parse_key(token) is None:
             return self.verifier.verify(token)
         digest = hash_secret(token)  # never keep raw keys in memory longer than needed
-        now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > time.monotonic():
             principal = hit[0]
         else:
-            key = await self.store.authenticate(token)
-            principal = Principal.from_key(key) if key is not None else None
-            if len(self._cache) >= _KEY_CACHE_MAX:
-                self._cache.clear()
-            self._cache[digest] = (principal, now + KEY_CACHE_TTL_S)
+            principal = await self._look_up(digest, token)
         if principal is None:
             raise Unauthorized("invalid API key (unknown, revoked or expired)")
         assert principal.key_id is not None
         self.used.add(principal.key_id)
+        return principal
+
+    async def _look_up(self, digest: str, token: str) -> Principal | None:
+        """One store lookup per key at a time: concurrent requests with the same
+        key wait for the first one's answer instead of each asking the store."""
+        pending = self._loading.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(digest, token))
+            self._loading[digest] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(digest, None))
+        return await asyncio.shield(pending)
+
+    async def _load(self, digest: str, token: str) -> Principal | None:
+        read_at = time.monotonic()  # the answer is this old, however long the read takes
+        key = await self.store.authenticate(token)
+        principal = Principal.from_key(key) if key is not None else None
+        if len(self._cache) >= _KEY_CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (principal, read_at + KEY_CACHE_TTL_S)
         return principal
 
     async def flush_usage(self) -> None:

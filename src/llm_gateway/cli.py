@@ -22,6 +22,7 @@ from llm_gateway.settings import Settings
 
 if TYPE_CHECKING:
     from llm_gateway.keys import KeyStore
+    from llm_gateway.ratelimit import Limits
 
 
 def _env_name(name: str) -> str:
@@ -135,6 +136,13 @@ def keys() -> None:
 @click.option("--rpm", type=int, help="Requests per minute.")
 @click.option("--tpm", type=int, help="Tokens per minute.")
 @click.option("--concurrency", type=int, help="Concurrent requests.")
+@click.option(
+    "--model-limit",
+    "model_limits",
+    multiple=True,
+    metavar="MODEL:rpm=N,tpm=N,concurrency=N",
+    help="Limits for one model, counted on their own (repeatable), e.g. smollm2:rpm=10.",
+)
 @click.option("--expires-in-days", type=float, help="Expire after this many days.")
 def keys_create(
     name: str,
@@ -144,6 +152,7 @@ def keys_create(
     rpm: int | None,
     tpm: int | None,
     concurrency: int | None,
+    model_limits: tuple[str, ...],
     expires_in_days: float | None,
 ) -> None:
     """Create a key and print it (its secret is shown only this once)."""
@@ -160,11 +169,35 @@ def keys_create(
         rpm_limit=rpm,
         tpm_limit=tpm,
         concurrency_limit=concurrency,
+        model_limits=dict(_parse_model_limit(m) for m in model_limits) or None,
         expires_at=expires,
     )
     key, full = _with_store(lambda store: store.create(spec))
     click.echo(full)
     click.echo(f"id {key.id}, owner {key.owner}, scopes {' '.join(key.scopes)}", err=True)
+
+
+def _parse_model_limit(text: str) -> tuple[str, Limits]:
+    """'smollm2:rpm=10,tpm=5000,concurrency=2' -> ('smollm2', Limits(10, 5000, 2))."""
+    from llm_gateway.ratelimit import Limits
+
+    model, sep, spec = text.rpartition(":")
+    values: dict[str, int] = {}
+    try:
+        for part in spec.split(","):
+            name, _, number = part.partition("=")
+            if name.strip() not in ("rpm", "tpm", "concurrency") or name.strip() in values:
+                raise ValueError(part)
+            values[name.strip()] = int(number)
+    except ValueError:
+        raise click.BadParameter(
+            f"'{text}': expected MODEL:rpm=N,tpm=N,concurrency=N", param_hint="--model-limit"
+        ) from None
+    if not sep or not model or any(v < 0 for v in values.values()):
+        raise click.BadParameter(
+            f"'{text}': expected MODEL:rpm=N,tpm=N,concurrency=N", param_hint="--model-limit"
+        )
+    return model, Limits(values.get("rpm"), values.get("tpm"), values.get("concurrency"))
 
 
 @keys.command("list")
@@ -214,10 +247,29 @@ def token() -> None:
 @click.option("--user", required=True, help="The `sub` claim: who the token is for.")
 @click.option("--admin", is_flag=True, help="Add the admin scope.")
 @click.option("--ttl", "ttl_s", type=int, default=3600, show_default=True, help="Seconds valid.")
-def token_create(user: str, admin: bool, ttl_s: int) -> None:
+@click.option("--rpm", type=int, help="Requests per minute (claim limits).")
+@click.option("--tpm", type=int, help="Tokens per minute (claim limits).")
+@click.option("--concurrency", type=int, help="Concurrent requests (claim limits).")
+@click.option(
+    "--model-limit",
+    "model_limits",
+    multiple=True,
+    metavar="MODEL:rpm=N,tpm=N,concurrency=N",
+    help="Limits for one model (repeatable), e.g. smollm2:rpm=10.",
+)
+def token_create(
+    user: str,
+    admin: bool,
+    ttl_s: int,
+    rpm: int | None,
+    tpm: int | None,
+    concurrency: int | None,
+    model_limits: tuple[str, ...],
+) -> None:
     """Mint an HS256 token signed with JWT_SECRET (or the data directory's secret)."""
     from llm_gateway.auth import mint_token
     from llm_gateway.jwt_secret import ensure_jwt_secret
+    from llm_gateway.ratelimit import Limits
 
     settings = _settings()
     secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)
@@ -230,5 +282,22 @@ def token_create(user: str, admin: bool, ttl_s: int) -> None:
             ttl_s=ttl_s,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
+            limits=_limits_claim(Limits(rpm, tpm, concurrency), model_limits),
         )
     )
+
+
+def _limits_claim(own: Limits, model_limits: tuple[str, ...]) -> dict[str, Any] | None:
+    def claim(lim: Limits) -> dict[str, Any]:
+        pairs = (
+            ("requests_per_minute", lim.requests_per_minute),
+            ("tokens_per_minute", lim.tokens_per_minute),
+            ("concurrent_requests", lim.concurrent),
+        )
+        return {name: value for name, value in pairs if value is not None}
+
+    limits = claim(own)
+    models = dict(_parse_model_limit(m) for m in model_limits)
+    if models:
+        limits["models"] = {model: claim(lim) for model, lim in models.items()}
+    return limits or None

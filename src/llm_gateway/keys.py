@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_gateway.ratelimit import Limits
 from llm_gateway.store.tables import api_keys
 
 PREFIX = "llmgw"
@@ -66,6 +67,7 @@ class ApiKey:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     concurrency_limit: int | None = None
+    model_limits: dict[str, Limits] | None = None
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -99,6 +101,7 @@ class ApiKey:
                 "requests_per_minute": self.rpm_limit,
                 "tokens_per_minute": self.tpm_limit,
                 "concurrent_requests": self.concurrency_limit,
+                "models": _model_limits_json(self.model_limits),
             },
             "created_at": _iso(self.created_at),
             "last_used_at": _iso(self.last_used_at),
@@ -106,6 +109,35 @@ class ApiKey:
             "revoked": self.revoked_at is not None,
             "revoked_at": _iso(self.revoked_at),
         }
+
+
+def _model_limits_json(
+    limits: Mapping[str, Limits] | None,
+) -> dict[str, dict[str, int | None]] | None:
+    """Per-model limits as stored and shown: model -> the three limits."""
+    if not limits:
+        return None
+    return {
+        model: {
+            "requests_per_minute": lim.requests_per_minute,
+            "tokens_per_minute": lim.tokens_per_minute,
+            "concurrent_requests": lim.concurrent,
+        }
+        for model, lim in limits.items()
+    }
+
+
+def _model_limits_of(raw: dict[str, dict[str, int | None]] | None) -> dict[str, Limits] | None:
+    if not raw:
+        return None
+    return {
+        model: Limits(
+            lim.get("requests_per_minute"),
+            lim.get("tokens_per_minute"),
+            lim.get("concurrent_requests"),
+        )
+        for model, lim in raw.items()
+    }
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -128,6 +160,7 @@ def _row_to_key(row: sa.Row[Any]) -> ApiKey:
         rpm_limit=m["rpm_limit"],
         tpm_limit=m["tpm_limit"],
         concurrency_limit=m["concurrency_limit"],
+        model_limits=_model_limits_of(m["model_limits"]),
         expires_at=m["expires_at"],
         last_used_at=m["last_used_at"],
         revoked_at=m["revoked_at"],
@@ -146,6 +179,7 @@ class NewKey:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     concurrency_limit: int | None = None
+    model_limits: Mapping[str, Limits] | None = None
     expires_at: datetime | None = None
 
 
@@ -178,6 +212,7 @@ class KeyStore:
             "rpm_limit": spec.rpm_limit,
             "tpm_limit": spec.tpm_limit,
             "concurrency_limit": spec.concurrency_limit,
+            "model_limits": _model_limits_json(spec.model_limits),
             "created_at": _now(),
             "expires_at": spec.expires_at,
         }

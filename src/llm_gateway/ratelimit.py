@@ -35,9 +35,11 @@ Two interchangeable backends implement ``RateLimiter``:
   inside its critical section, so it is atomic under asyncio without locks.
   Idle keys are swept once per window.
 * ``RedisLimiter`` — shared state in Redis, so several gateway processes share
-  the limits. One Lua script call (EVALSHA, one round trip) per ``acquire`` and
-  one per ``settle``; the script reads the server's ``TIME`` so all processes
-  agree on the clock. Per key: a sorted set of request ids scored by time, a
+  the limits. One atomic Lua script call (EVALSHA) per ``acquire`` and one per
+  ``settle``, auto-pipelined: the calls of concurrent requests share a round
+  trip, and a settlement rides along with the next admissions instead of
+  costing one of its own. The script reads the server's ``TIME`` so all
+  processes agree on the clock. Per key: a sorted set of request ids scored by time, a
   hash of token buckets, and a sorted set of in-flight ids scored by expiry.
   Every key carries a TTL just past what it must remember, so idle keys vanish.
   When Redis cannot be reached, ``fail_open`` decides: admit (unlimited,
@@ -47,6 +49,8 @@ Two interchangeable backends implement ``RateLimiter``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -55,13 +59,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +90,36 @@ class Limits:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     concurrent: int | None = None
+    empty: bool = field(init=False, repr=False, compare=False)
+    """True when no limit is set at all."""
 
-    @property
-    def empty(self) -> bool:
-        """True when no limit is set at all."""
-        return (
+    def __post_init__(self) -> None:
+        empty = (
             self.requests_per_minute is None
             and self.tokens_per_minute is None
             and self.concurrent is None
         )
+        object.__setattr__(self, "empty", empty)
+
+    def over(self, fallback: Limits) -> Limits:
+        """These limits, with ``fallback``'s where a field here is unset."""
+        if self.empty or fallback.empty:
+            return fallback if self.empty else self
+        return Limits(
+            requests_per_minute=_first(self.requests_per_minute, fallback.requests_per_minute),
+            tokens_per_minute=_first(self.tokens_per_minute, fallback.tokens_per_minute),
+            concurrent=_first(self.concurrent, fallback.concurrent),
+        )
 
 
-@dataclass(frozen=True, slots=True)
+def _first(own: int | None, fallback: int | None) -> int | None:
+    return own if own is not None else fallback
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(slots=True)  # not frozen: built per request, and frozen init costs ~1 us
 class Reservation:
     """What an admitted request holds until ``settle()``.
 
@@ -111,7 +134,7 @@ class Reservation:
     tokens: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request
 class Decision:
     """The answer to ``acquire()``."""
 
@@ -155,7 +178,11 @@ def format_duration(seconds: float) -> str:
 
     Rounded up to the millisecond, so that waiting that long is enough.
     """
-    ms = math.ceil(seconds * 1000 - 1e-6)
+    return _format_ms(math.ceil(seconds * 1000 - 1e-6))
+
+
+@functools.lru_cache(maxsize=(WINDOW_S + 2) * 1000)  # every reset a window can produce
+def _format_ms(ms: int) -> str:
     if ms < 1000:
         return f"{ms}ms" if ms > 0 else "0s"
     secs, frac = divmod(ms, 1000)
@@ -485,15 +512,32 @@ def _arg(limit: int | None) -> int:
     return -1 if limit is None else limit
 
 
+@dataclass(slots=True)
+class _Call:
+    """One script call waiting for the next pipeline; ``reply`` is None for fire-and-forget."""
+
+    script: AsyncScript
+    keys: tuple[str, ...]
+    args: tuple[str | int | float, ...]
+    reply: asyncio.Future[Any] | None
+
+
 class RedisLimiter:
     """A ``RateLimiter`` shared by every process that uses the same Redis.
+
+    Calls are *pipelined*: the script calls made while a pipeline is on the
+    wire go out together in the next one, so under load many requests share
+    one round trip (each call is still its own atomic script run). At most
+    ``PIPELINES`` pipelines are in flight; a lone request goes out at once.
 
     ``clock`` (seconds) replaces the server's ``TIME`` — for tests only.
     ``timeout_s`` bounds connecting and each command, so an unreachable Redis
     costs at most that on the hot path; after a failure, calls are answered at
-    once for ``DOWN_BACKOFF_S``. At most ``max_connections`` calls are in
-    flight; more wait their turn.
+    once for ``DOWN_BACKOFF_S``.
     """
+
+    PIPELINES = 2
+    MAX_BATCH = 256
 
     def __init__(
         self,
@@ -503,22 +547,21 @@ class RedisLimiter:
         prefix: str = "llmgw:rl:",
         clock: Clock | None = None,
         timeout_s: float = 0.5,
-        max_connections: int = 64,
     ) -> None:
         pool = ConnectionPool.from_url(
             url,
-            max_connections=max_connections,
+            max_connections=self.PIPELINES + 2,  # + health probes
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             # One immediate retry on a broken connection (e.g. after a Redis
-            # restart), none on timeouts: the script may have run already.
+            # restart), none on timeouts: the scripts may have run already.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._redis = Redis.from_pool(pool)
-        # Calls queue here rather than in the pool: a waiter that gets its turn
-        # after a failure answers at once instead of trying a dead Redis again.
-        self._slots = asyncio.Semaphore(max_connections)
-        self._pending: set[asyncio.Task[None]] = set()
+        self._queue: list[_Call] = []
+        self._in_flight = 0
+        self._kick_scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
         self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._settle = self._redis.register_script(_SETTLE_LUA)
         self._fail_open = fail_open
@@ -536,7 +579,7 @@ class RedisLimiter:
         return f"{base}:r", f"{base}:t", f"{base}:c"
 
     async def acquire(self, key: str, limits: Limits, estimated_tokens: int) -> Decision:
-        """See ``RateLimiter.acquire``: one EVALSHA."""
+        """See ``RateLimiter.acquire``: one script call, pipelined with others."""
         if limits.empty:
             return _unlimited(key)
         if time.monotonic() < self._down_until:
@@ -553,15 +596,12 @@ class RedisLimiter:
             estimate,
             INFLIGHT_TTL_S,
         )
-        async with self._slots:
-            if time.monotonic() < self._down_until:
-                return self._unavailable(key)
-            try:
-                raw = await self._acquire(keys=self._keys(key), args=args)
-            except (RedisError, OSError) as exc:
-                self._failed(exc)
-                return self._unavailable(key)
-        self._healthy = True
+        reply = self._call(self._acquire, self._keys(key), args, wait=True)
+        assert reply is not None
+        try:
+            raw = await reply
+        except (RedisError, OSError):
+            return self._unavailable(key)  # logged by the pipeline
         return self._decision(key, rid, limits, estimate, raw)
 
     @staticmethod
@@ -576,30 +616,99 @@ class RedisLimiter:
         reserved = None if limits.tokens_per_minute is None else estimate
         return Decision(True, None, 0.0, headers, Reservation(key, rid, slot, reserved))
 
-    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
-        """See ``RateLimiter.settle``: one EVALSHA. Failures are logged, not raised
-        (an unreleased slot frees itself after ``INFLIGHT_TTL_S``)."""
-        if not reservation.id:
-            return
+    def _settle_call(self, reservation: Reservation, actual_tokens: int, wait: bool) -> Any:
         delta = 0
         if reservation.tokens is not None:
             delta = max(0, actual_tokens) - reservation.tokens
         _, tokens_key, inflight_key = self._keys(reservation.key)
-        async with self._slots:
-            try:
-                await self._settle(
-                    keys=(tokens_key, inflight_key), args=(reservation.id, reservation.slot, delta)
-                )
-            except (RedisError, OSError) as exc:
-                self._failed(exc)
+        args = (reservation.id, reservation.slot, delta)
+        return self._call(self._settle, (tokens_key, inflight_key), args, wait=wait)
 
-    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
-        """See ``RateLimiter.settle_soon``: a tracked background task."""
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        """See ``RateLimiter.settle``. Failures are logged, not raised (an
+        unreleased slot frees itself after ``INFLIGHT_TTL_S``)."""
         if not reservation.id:
             return
-        task = asyncio.get_running_loop().create_task(self.settle(reservation, actual_tokens))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        reply = self._settle_call(reservation, actual_tokens, wait=True)
+        with contextlib.suppress(RedisError, OSError):
+            await reply
+
+    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
+        """See ``RateLimiter.settle_soon``: rides the next pipeline, nobody waits."""
+        if reservation.id:
+            self._settle_call(reservation, actual_tokens, wait=False)
+
+    # ------------------------------------------------------------- pipelining
+
+    def _call(
+        self,
+        script: AsyncScript,
+        keys: tuple[str, ...],
+        args: tuple[str | int | float, ...],
+        *,
+        wait: bool,
+    ) -> asyncio.Future[Any] | None:
+        """Queue one script call for the next pipeline; its reply future when ``wait``."""
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future() if wait else None
+        self._queue.append(_Call(script, keys, args, reply))
+        if not self._kick_scheduled and self._in_flight < self.PIPELINES:
+            self._kick_scheduled = True
+            loop.call_soon(self._kick)  # after this loop turn: calls made in it ride along
+        return reply
+
+    def _kick(self) -> None:
+        """Send what is queued, in as many pipelines as may be in flight."""
+        self._kick_scheduled = False
+        while self._queue and self._in_flight < self.PIPELINES:
+            batch = self._queue[: self.MAX_BATCH]
+            del self._queue[: self.MAX_BATCH]
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            if time.monotonic() < self._down_until:
+                raise RedisConnectionError("Redis was unreachable a moment ago")
+            replies = await self._pipeline(batch)
+        except (RedisError, OSError) as exc:
+            if time.monotonic() >= self._down_until:
+                self._failed(exc)
+            replies = [exc] * len(batch)
+        else:
+            self._healthy = True
+        finally:
+            self._in_flight -= 1
+            if self._queue:
+                self._kick()
+        for call, reply in zip(batch, replies, strict=True):
+            if call.reply is None or call.reply.done():
+                continue
+            if isinstance(reply, BaseException):
+                call.reply.set_exception(reply)
+            else:
+                call.reply.set_result(reply)
+
+    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+        """EVALSHA each call in one round trip; load the scripts once if Redis lacks them."""
+        replies = await self._evalsha(batch)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            for script in {batch[i].script for i in missing}:
+                await self._redis.script_load(script.script)
+            again = await self._evalsha([batch[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _evalsha(self, batch: list[_Call]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for call in batch:
+            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     def _unavailable(self, key: str) -> Decision:
         """The answer while Redis cannot be reached."""
@@ -620,8 +729,7 @@ class RedisLimiter:
     async def healthy(self) -> bool:
         """Ping Redis; the answer is also the new last-seen state."""
         try:
-            async with self._slots:
-                await self._redis.ping()
+            await self._redis.ping()
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return False
@@ -635,7 +743,12 @@ class RedisLimiter:
         return self._healthy
 
     async def close(self) -> None:
-        """Finish pending settlements, then close the connection pool."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Send what is queued (pending settlements), then close the connection pool."""
+        while self._queue or self._sending:
+            if self._queue and not self._kick_scheduled:
+                self._kick()
+            if self._sending:
+                await asyncio.gather(*self._sending, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
         await self._redis.aclose()

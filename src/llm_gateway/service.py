@@ -111,7 +111,7 @@ class InferenceService:
     async def open(self, request: GenerationRequest, principal: Principal) -> Generation:
         entry = self.registry.resolve(request.model)
         _check_model_allowed(principal, entry, request.model)
-        admission = await self._admit(request, principal)
+        admission = await self._admit(request, principal, entry)
         stream = entry.backend.stream(request)
         try:
             first = await anext(stream)
@@ -126,28 +126,46 @@ class InferenceService:
             raise
         return Generation(entry, first, stream, admission)
 
-    def limits_for(self, principal: Principal) -> Limits:
-        d = self.default_limits
-        return Limits(
-            requests_per_minute=_or(principal.requests_per_minute, d.requests_per_minute),
-            tokens_per_minute=_or(principal.tokens_per_minute, d.tokens_per_minute),
-            concurrent=_or(principal.concurrent, d.concurrent),
-        )
+    def limits_for(self, principal: Principal, entry: ModelEntry) -> tuple[str, Limits]:
+        """(counter key, limits) of one caller on one model.
 
-    async def _admit(self, request: GenerationRequest, principal: Principal) -> Admission | None:
-        limits = self.limits_for(principal)
+        The key's own limits, else the settings' defaults. A model with limits
+        of its own (in the models file, or the key's override for that model)
+        is counted in its own window per key, the way OpenAI limits each model
+        separately: the key's override, then the model's limit, then the
+        key's and the default limits fill the fields.
+        """
+        key = principal.key_id or f"user:{principal.user}"
+        limits = principal.limits.over(self.default_limits)
+        override = _model_override(principal, entry)
+        if override is None and entry.spec.limits.empty:
+            return key, limits
+        own = override.over(entry.spec.limits) if override is not None else entry.spec.limits
+        return f"{key}|{entry.name}", own.over(limits)
+
+    async def _admit(
+        self, request: GenerationRequest, principal: Principal, entry: ModelEntry
+    ) -> Admission | None:
+        key, limits = self.limits_for(principal, entry)
         if self.limiter is None or limits.empty:
             return None
         estimate = _estimate_tokens(request, self.default_max_tokens)
-        key = principal.key_id or f"user:{principal.user}"
         decision = await self.limiter.acquire(key, limits, estimate)
         if not decision.allowed:
             raise _refusal(decision)
         return Admission(self.limiter, decision, estimate)
 
 
-def _or(own: int | None, default: int | None) -> int | None:
-    return own if own is not None else default
+def _model_override(principal: Principal, entry: ModelEntry) -> Limits | None:
+    """The key's limits for this model, by its name or any alias."""
+    overrides = principal.model_limits
+    if not overrides:
+        return None
+    for name in (entry.name, *entry.spec.aliases):
+        found = overrides.get(name.lower())
+        if found is not None:
+            return found
+    return None
 
 
 def _estimate_tokens(request: GenerationRequest, default_max_tokens: int) -> int:

@@ -20,13 +20,27 @@ from llm_gateway.api.http import JSONResponse
 from llm_gateway.auth import Principal, principal_of
 from llm_gateway.errors import InvalidRequest, NotFound
 from llm_gateway.keys import ApiKey, NewKey
+from llm_gateway.ratelimit import Limits
 from llm_gateway.state import GatewayState
 
 
-class KeyLimits(msgspec.Struct, forbid_unknown_fields=True):
+class ModelLimits(msgspec.Struct, forbid_unknown_fields=True):
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     concurrent_requests: int | None = None
+
+
+class KeyLimits(ModelLimits, forbid_unknown_fields=True):
+    models: dict[str, ModelLimits] | None = None
+    """Overrides for single models; requests to such a model are counted on their own."""
+
+
+def _checked(limits: ModelLimits, where: str) -> Limits:
+    for name in ("requests_per_minute", "tokens_per_minute", "concurrent_requests"):
+        value = getattr(limits, name)
+        if value is not None and value < 0:
+            raise InvalidRequest(f"'{where}{name}' must not be negative", param=f"{where}{name}")
+    return Limits(limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_requests)
 
 
 class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,18 +66,20 @@ def _new_key(body: CreateKey, caller: Principal) -> NewKey:
     if expires is not None and expires.tzinfo is None:
         raise InvalidRequest("'expires_at' needs a time zone (e.g. ...Z)", param="expires_at")
     limits = body.limits or KeyLimits()
-    for name in ("requests_per_minute", "tokens_per_minute", "concurrent_requests"):
-        value = getattr(limits, name)
-        if value is not None and value < 0:
-            raise InvalidRequest(f"'limits.{name}' must not be negative", param=f"limits.{name}")
+    own = _checked(limits, "limits.")
+    per_model = {
+        model: _checked(lim, f"limits.models.{model}.")
+        for model, lim in (limits.models or {}).items()
+    }
     return NewKey(
         name=body.name.strip(),
         owner=body.owner or caller.user,
         scopes=tuple(body.scopes),
         allowed_models=body.allowed_models,
-        rpm_limit=limits.requests_per_minute,
-        tpm_limit=limits.tokens_per_minute,
-        concurrency_limit=limits.concurrent_requests,
+        rpm_limit=own.requests_per_minute,
+        tpm_limit=own.tokens_per_minute,
+        concurrency_limit=own.concurrent,
+        model_limits=per_model or None,
         expires_at=expires,
     )
 

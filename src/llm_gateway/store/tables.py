@@ -18,6 +18,7 @@ api_keys = sa.Table(
     sa.Column("rpm_limit", sa.Integer, nullable=True),
     sa.Column("tpm_limit", sa.Integer, nullable=True),
     sa.Column("concurrency_limit", sa.Integer, nullable=True),
+    sa.Column("model_limits", sa.JSON, nullable=True),  # model -> limits, migration 0002
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
