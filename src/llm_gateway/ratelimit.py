@@ -35,11 +35,11 @@ Two interchangeable backends implement ``RateLimiter``:
   inside its critical section, so it is atomic under asyncio without locks.
   Idle keys are swept once per window.
 * ``RedisLimiter`` — shared state in Redis, so several gateway processes share
-  the limits. One atomic Lua script call (EVALSHA) per ``acquire`` and one per
-  ``settle``, auto-pipelined: the calls of concurrent requests share a round
-  trip, and a settlement rides along with the next admissions instead of
-  costing one of its own. The script reads the server's ``TIME`` so all
-  processes agree on the clock. Per key: a sorted set of request ids scored by time, a
+  the limits. Admissions and settlements are atomic Lua script calls, batched:
+  the calls of concurrent requests share one EVALSHA and one round trip, and a
+  settlement rides along with the next admissions instead of costing one of
+  its own. The script reads the server's ``TIME`` so all processes agree on
+  the clock. Per key: a sorted set of request ids scored by time, a
   hash of token buckets, and a sorted set of in-flight ids scored by expiry.
   Every key carries a TTL just past what it must remember, so idle keys vanish.
   When Redis cannot be reached, ``fail_open`` decides: admit (unlimited,
@@ -64,7 +64,6 @@ from typing import Any, Protocol
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
@@ -208,17 +207,25 @@ def rate_headers(
     this request when it was admitted); the resets are the seconds until the
     oldest counted use leaves the window.
     """
-    headers: dict[str, str] = {}
     rpm = limits.requests_per_minute
+    tpm = limits.tokens_per_minute
+    if tpm is None:
+        if rpm is None:
+            return {}
+        return {
+            "x-ratelimit-limit-requests": str(rpm),
+            "x-ratelimit-remaining-requests": str(rpm - requests if requests < rpm else 0),
+            "x-ratelimit-reset-requests": format_duration(requests_reset_s),
+        }
+    headers = {
+        "x-ratelimit-limit-tokens": str(tpm),
+        "x-ratelimit-remaining-tokens": str(tpm - tokens if tokens < tpm else 0),
+        "x-ratelimit-reset-tokens": format_duration(tokens_reset_s),
+    }
     if rpm is not None:
         headers["x-ratelimit-limit-requests"] = str(rpm)
-        headers["x-ratelimit-remaining-requests"] = str(max(0, rpm - requests))
+        headers["x-ratelimit-remaining-requests"] = str(rpm - requests if requests < rpm else 0)
         headers["x-ratelimit-reset-requests"] = format_duration(requests_reset_s)
-    tpm = limits.tokens_per_minute
-    if tpm is not None:
-        headers["x-ratelimit-limit-tokens"] = str(tpm)
-        headers["x-ratelimit-remaining-tokens"] = str(max(0, tpm - tokens))
-        headers["x-ratelimit-reset-tokens"] = format_duration(tokens_reset_s)
     return headers
 
 
@@ -326,17 +333,26 @@ class MemoryLimiter:
             state = self._keys[key] = _KeyState()
         else:
             state.prune(now)
-        estimate = max(0, estimated_tokens)
-        requests_before = len(state.requests)
-        reason, retry = self._check(state, limits, estimate, now)
-        reservation = None
-        if reason is None:
-            reservation = state.admit(key, str(next(self._ids)), limits, estimate, now)
-        requests_reset = state.requests[0] + WINDOW_S - now if requests_before else WINDOW_S
-        tokens_reset = next(iter(state.buckets)) + WINDOW_S + 1 - now if state.buckets else 0.0
-        headers = rate_headers(
-            limits, len(state.requests), requests_reset, state.tokens, tokens_reset
-        )
+        estimate = estimated_tokens if estimated_tokens > 0 else 0
+        requests = state.requests
+        requests_before = len(requests)
+        rpm, tpm, conc = limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent
+        if (
+            (rpm is None or requests_before < rpm)
+            and (tpm is None or state.tokens + estimate <= tpm)
+            and (conc is None or len(state.inflight) < conc)
+        ):
+            reason, retry = None, 0.0
+            reservation: Reservation | None = state.admit(
+                key, str(next(self._ids)), limits, estimate, now
+            )
+        else:
+            reason, retry = self._check(state, limits, estimate, now)
+            reservation = None
+        requests_reset = requests[0] + WINDOW_S - now if requests_before else WINDOW_S
+        buckets = state.buckets
+        tokens_reset = next(iter(buckets)) + WINDOW_S + 1 - now if buckets else 0.0
+        headers = rate_headers(limits, len(requests), requests_reset, state.tokens, tokens_reset)
         return Decision(reason is None, reason, retry, headers, reservation)
 
     @staticmethod
@@ -398,10 +414,16 @@ class MemoryLimiter:
 
 # --------------------------------------------------------------------------- redis
 
-_ACQUIRE_LUA = f"""
--- KEYS: 1 request log (zset id -> time), 2 token buckets (hash second -> tokens),
---       3 in-flight reservations (zset id -> expiry)
--- ARGV: now ('' = server TIME), id, rpm, tpm, concurrent (-1 = unset), estimate, ttl
+_BATCH_LUA = """
+-- A batch of admissions and settlements, applied in order, atomically.
+-- ARGV[1]: now ('' = server TIME); ARGV[2]: in-flight TTL (s); then two
+-- arguments per call: the key's base name, and the call itself:
+--   'a <id> <rpm> <tpm> <concurrent> <estimate>'   (-1 = limit unset)
+--   's <id> <slot> <token delta>'
+-- Per key, <base>:r is the request log (zset id -> time), <base>:t the token
+-- buckets (hash second -> tokens), <base>:c the in-flight reservations (zset
+-- id -> expiry). Replies: per admission {reason, retry ms, requests,
+-- requests reset ms, tokens, tokens reset ms, slot}; per settlement 1 or 0.
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -409,102 +431,116 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local id = ARGV[2]
-local rpm, tpm, conc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local est, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
-local window = {WINDOW_S}
+local ttl = tonumber(ARGV[2])
+local window = WINDOW
 local slot = math.floor(now)
-local reason, retry = 0, 0
 
-local function refuse(code, after)
-  if reason == 0 then reason = code end
-  if after > retry then retry = after end
-end
-
--- Requests: a request counts while now - time < window.
-local nreq, req_reset = 0, window
-if rpm >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  nreq = redis.call('ZCARD', KEYS[1])
-  if nreq > 0 then
-    req_reset = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now
+local function acquire(base, id, rpm, tpm, conc, est)
+  local kr, kt, kc = base .. ':r', base .. ':t', base .. ':c'
+  local reason, retry = 0, 0
+  local function refuse(code, after)
+    if reason == 0 then reason = code end
+    if after > retry then retry = after end
   end
-  if nreq >= rpm then
-    local after = window
-    if rpm > 0 then
-      local i = nreq - rpm
-      after = tonumber(redis.call('ZRANGE', KEYS[1], i, i, 'WITHSCORES')[2]) + window - now
+
+  -- Requests: a request counts while now - time < window.
+  local nreq, req_reset = 0, window
+  if rpm >= 0 then
+    redis.call('ZREMRANGEBYSCORE', kr, '-inf', now - window)
+    nreq = redis.call('ZCARD', kr)
+    if nreq > 0 then
+      req_reset = tonumber(redis.call('ZRANGE', kr, 0, 0, 'WITHSCORES')[2]) + window - now
     end
-    refuse(1, after)
-  end
-end
-
--- Tokens: bucket s counts while floor(now) - s <= window.
-local used, tok_reset = 0, 0
-if tpm >= 0 then
-  local h = redis.call('HGETALL', KEYS[2])
-  local first = slot - window
-  local live, stale = {{}}, {{}}
-  for i = 1, #h, 2 do
-    local s, v = tonumber(h[i]), tonumber(h[i + 1])
-    if s < first then
-      stale[#stale + 1] = h[i]
-    else
-      live[#live + 1] = {{s, v}}
-      used = used + v
+    if nreq >= rpm then
+      local after = window
+      if rpm > 0 then
+        local i = nreq - rpm
+        after = tonumber(redis.call('ZRANGE', kr, i, i, 'WITHSCORES')[2]) + window - now
+      end
+      refuse(1, after)
     end
   end
-  if #stale > 0 then redis.call('HDEL', KEYS[2], unpack(stale)) end
-  table.sort(live, function(a, b) return a[1] < b[1] end)
-  if #live > 0 then tok_reset = live[1][1] + window + 1 - now end
-  if used + est > tpm then
-    local after = window
-    if est <= tpm then
-      local need, freed = used + est - tpm, 0
-      after = window + 1
-      for _, b in ipairs(live) do
-        freed = freed + b[2]
-        if freed >= need then
-          after = b[1] + window + 1 - now
-          break
-        end
+
+  -- Tokens: bucket s counts while floor(now) - s <= window.
+  local used, tok_reset = 0, 0
+  if tpm >= 0 then
+    local h = redis.call('HGETALL', kt)
+    local first = slot - window
+    local live, stale = {}, {}
+    for i = 1, #h, 2 do
+      local s, v = tonumber(h[i]), tonumber(h[i + 1])
+      if s < first then
+        stale[#stale + 1] = h[i]
+      else
+        live[#live + 1] = {s, v}
+        used = used + v
       end
     end
-    refuse(2, after)
+    if #stale > 0 then redis.call('HDEL', kt, unpack(stale)) end
+    table.sort(live, function(a, b) return a[1] < b[1] end)
+    if #live > 0 then tok_reset = live[1][1] + window + 1 - now end
+    if used + est > tpm then
+      local after = window
+      if est <= tpm then
+        local need, freed = used + est - tpm, 0
+        after = window + 1
+        for _, b in ipairs(live) do
+          freed = freed + b[2]
+          if freed >= need then
+            after = b[1] + window + 1 - now
+            break
+          end
+        end
+      end
+      refuse(2, after)
+    end
   end
+
+  -- Concurrency: in-flight ids, scored by the time they stop counting.
+  redis.call('ZREMRANGEBYSCORE', kc, '-inf', now)
+  if conc >= 0 and redis.call('ZCARD', kc) >= conc then refuse(3, 1) end
+
+  if reason == 0 then
+    if rpm >= 0 then
+      redis.call('ZADD', kr, now, id)
+      redis.call('EXPIRE', kr, window + 1)
+      nreq = nreq + 1
+    end
+    if tpm >= 0 then
+      redis.call('HINCRBY', kt, slot, est)
+      redis.call('EXPIRE', kt, window + 2)
+      used = used + est
+      if tok_reset == 0 then tok_reset = slot + window + 1 - now end
+    end
+    redis.call('ZADD', kc, now + ttl, id)
+    redis.call('EXPIRE', kc, math.ceil(ttl) + 1)
+  end
+  return {reason, math.ceil(retry * 1000), nreq, math.ceil(req_reset * 1000), used,
+          math.ceil(tok_reset * 1000), slot}
 end
 
--- Concurrency: in-flight ids, scored by the time they stop counting.
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-if conc >= 0 and redis.call('ZCARD', KEYS[3]) >= conc then refuse(3, 1) end
-
-if reason == 0 then
-  if rpm >= 0 then
-    redis.call('ZADD', KEYS[1], now, id)
-    redis.call('EXPIRE', KEYS[1], window + 1)
-    nreq = nreq + 1
+local function settle(base, id, bucket, delta)
+  if redis.call('ZREM', base .. ':c', id) == 0 then return 0 end
+  if delta ~= '0' and redis.call('HEXISTS', base .. ':t', bucket) == 1 then
+    redis.call('HINCRBY', base .. ':t', bucket, delta)
   end
-  if tpm >= 0 then
-    redis.call('HINCRBY', KEYS[2], slot, est)
-    redis.call('EXPIRE', KEYS[2], window + 2)
-    used = used + est
-    if tok_reset == 0 then tok_reset = slot + window + 1 - now end
-  end
-  redis.call('ZADD', KEYS[3], now + ttl, id)
-  redis.call('EXPIRE', KEYS[3], math.ceil(ttl) + 1)
+  return 1
 end
-return {{reason, math.ceil(retry * 1000), nreq, math.ceil(req_reset * 1000), used,
-        math.ceil(tok_reset * 1000), slot}}
-"""
 
-_SETTLE_LUA = """
--- KEYS: 1 token buckets, 2 in-flight reservations; ARGV: id, slot, token delta
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-if ARGV[3] ~= '0' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
+local replies = {}
+for i = 3, #ARGV, 2 do
+  local base, call = ARGV[i], ARGV[i + 1]
+  local f = {}
+  for word in string.gmatch(call, '%S+') do f[#f + 1] = word end
+  if f[1] == 'a' then
+    replies[#replies + 1] = acquire(base, f[2], tonumber(f[3]), tonumber(f[4]),
+                                    tonumber(f[5]), tonumber(f[6]))
+  else
+    replies[#replies + 1] = settle(base, f[2], f[3], f[4])
+  end
 end
-return 1
-"""
+return replies
+""".replace("WINDOW", str(WINDOW_S))
 
 
 def _arg(limit: int | None) -> int:
@@ -514,21 +550,22 @@ def _arg(limit: int | None) -> int:
 
 @dataclass(slots=True)
 class _Call:
-    """One script call waiting for the next pipeline; ``reply`` is None for fire-and-forget."""
+    """One call waiting for the next batch; ``reply`` is None for fire-and-forget."""
 
-    script: AsyncScript
-    keys: tuple[str, ...]
-    args: tuple[str | int | float, ...]
+    base: str
+    call: str
     reply: asyncio.Future[Any] | None
 
 
 class RedisLimiter:
     """A ``RateLimiter`` shared by every process that uses the same Redis.
 
-    Calls are *pipelined*: the script calls made while a pipeline is on the
-    wire go out together in the next one, so under load many requests share
-    one round trip (each call is still its own atomic script run). At most
-    ``PIPELINES`` pipelines are in flight; a lone request goes out at once.
+    Calls are *batched*: the admissions and settlements requested while a batch
+    is on the wire go out together in the next one, a single EVALSHA that
+    applies them in order, atomically. Under load many requests share one round
+    trip and one script run; a lone request goes out at once. At most
+    ``IN_FLIGHT`` batches are on the wire. (The script names its keys in ARGV,
+    so it needs a single Redis, or a primary with replicas, not Redis Cluster.)
 
     ``clock`` (seconds) replaces the server's ``TIME`` — for tests only.
     ``timeout_s`` bounds connecting and each command, so an unreachable Redis
@@ -536,7 +573,7 @@ class RedisLimiter:
     once for ``DOWN_BACKOFF_S``.
     """
 
-    PIPELINES = 2
+    IN_FLIGHT = 2
     MAX_BATCH = 256
 
     def __init__(
@@ -550,11 +587,11 @@ class RedisLimiter:
     ) -> None:
         pool = ConnectionPool.from_url(
             url,
-            max_connections=self.PIPELINES + 2,  # + health probes
+            max_connections=self.IN_FLIGHT + 2,  # + health probes and script loads
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             # One immediate retry on a broken connection (e.g. after a Redis
-            # restart), none on timeouts: the scripts may have run already.
+            # restart), none on timeouts: the script may have run already.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._redis = Redis.from_pool(pool)
@@ -562,8 +599,8 @@ class RedisLimiter:
         self._in_flight = 0
         self._kick_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
-        self._acquire = self._redis.register_script(_ACQUIRE_LUA)
-        self._settle = self._redis.register_script(_SETTLE_LUA)
+        self._script = self._redis.register_script(_BATCH_LUA)
+        self._ttl = repr(INFLIGHT_TTL_S)
         self._fail_open = fail_open
         self._prefix = prefix
         self._clock = clock
@@ -573,35 +610,28 @@ class RedisLimiter:
         self._down_until = -math.inf
         self._last_warning = -math.inf
 
-    def _keys(self, key: str) -> tuple[str, str, str]:
-        """(request log, token buckets, in-flight) Redis keys; one hash slot per key."""
-        base = f"{self._prefix}{{{key}}}"
-        return f"{base}:r", f"{base}:t", f"{base}:c"
+    def _base(self, key: str) -> str:
+        """The Redis key prefix of one limited key (``{key}``: one hash slot)."""
+        return f"{self._prefix}{{{key}}}"
 
     async def acquire(self, key: str, limits: Limits, estimated_tokens: int) -> Decision:
-        """See ``RateLimiter.acquire``: one script call, pipelined with others."""
+        """See ``RateLimiter.acquire``: one call in the next batch."""
         if limits.empty:
             return _unlimited(key)
         if time.monotonic() < self._down_until:
             return self._unavailable(key)
         rid = f"{self._node}:{next(self._ids)}"
         estimate = max(0, estimated_tokens)
-        now = "" if self._clock is None else repr(self._clock())
-        args = (
-            now,
-            rid,
-            _arg(limits.requests_per_minute),
-            _arg(limits.tokens_per_minute),
-            _arg(limits.concurrent),
-            estimate,
-            INFLIGHT_TTL_S,
+        call = (
+            f"a {rid} {_arg(limits.requests_per_minute)} {_arg(limits.tokens_per_minute)} "
+            f"{_arg(limits.concurrent)} {estimate}"
         )
-        reply = self._call(self._acquire, self._keys(key), args, wait=True)
+        reply = self._call(self._base(key), call, wait=True)
         assert reply is not None
         try:
             raw = await reply
         except (RedisError, OSError):
-            return self._unavailable(key)  # logged by the pipeline
+            return self._unavailable(key)  # logged by the batch
         return self._decision(key, rid, limits, estimate, raw)
 
     @staticmethod
@@ -616,13 +646,14 @@ class RedisLimiter:
         reserved = None if limits.tokens_per_minute is None else estimate
         return Decision(True, None, 0.0, headers, Reservation(key, rid, slot, reserved))
 
-    def _settle_call(self, reservation: Reservation, actual_tokens: int, wait: bool) -> Any:
+    def _settle_call(
+        self, reservation: Reservation, actual_tokens: int, *, wait: bool
+    ) -> asyncio.Future[Any] | None:
         delta = 0
         if reservation.tokens is not None:
             delta = max(0, actual_tokens) - reservation.tokens
-        _, tokens_key, inflight_key = self._keys(reservation.key)
-        args = (reservation.id, reservation.slot, delta)
-        return self._call(self._settle, (tokens_key, inflight_key), args, wait=wait)
+        call = f"s {reservation.id} {reservation.slot} {delta}"
+        return self._call(self._base(reservation.key), call, wait=wait)
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """See ``RateLimiter.settle``. Failures are logged, not raised (an
@@ -630,37 +661,31 @@ class RedisLimiter:
         if not reservation.id:
             return
         reply = self._settle_call(reservation, actual_tokens, wait=True)
+        assert reply is not None
         with contextlib.suppress(RedisError, OSError):
             await reply
 
     def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
-        """See ``RateLimiter.settle_soon``: rides the next pipeline, nobody waits."""
+        """See ``RateLimiter.settle_soon``: rides the next batch, nobody waits."""
         if reservation.id:
             self._settle_call(reservation, actual_tokens, wait=False)
 
-    # ------------------------------------------------------------- pipelining
+    # ------------------------------------------------------------- batching
 
-    def _call(
-        self,
-        script: AsyncScript,
-        keys: tuple[str, ...],
-        args: tuple[str | int | float, ...],
-        *,
-        wait: bool,
-    ) -> asyncio.Future[Any] | None:
-        """Queue one script call for the next pipeline; its reply future when ``wait``."""
+    def _call(self, base: str, call: str, *, wait: bool) -> asyncio.Future[Any] | None:
+        """Queue one call for the next batch; its reply future when ``wait``."""
         loop = asyncio.get_running_loop()
         reply = loop.create_future() if wait else None
-        self._queue.append(_Call(script, keys, args, reply))
-        if not self._kick_scheduled and self._in_flight < self.PIPELINES:
+        self._queue.append(_Call(base, call, reply))
+        if not self._kick_scheduled and self._in_flight < self.IN_FLIGHT:
             self._kick_scheduled = True
             loop.call_soon(self._kick)  # after this loop turn: calls made in it ride along
         return reply
 
     def _kick(self) -> None:
-        """Send what is queued, in as many pipelines as may be in flight."""
+        """Send what is queued, in as many batches as may be in flight."""
         self._kick_scheduled = False
-        while self._queue and self._in_flight < self.PIPELINES:
+        while self._queue and self._in_flight < self.IN_FLIGHT:
             batch = self._queue[: self.MAX_BATCH]
             del self._queue[: self.MAX_BATCH]
             self._in_flight += 1
@@ -669,45 +694,40 @@ class RedisLimiter:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Call]) -> None:
+        replies: list[Any] | BaseException
         try:
             if time.monotonic() < self._down_until:
                 raise RedisConnectionError("Redis was unreachable a moment ago")
-            replies = await self._pipeline(batch)
+            replies = await self._run(batch)
         except (RedisError, OSError) as exc:
             if time.monotonic() >= self._down_until:
                 self._failed(exc)
-            replies = [exc] * len(batch)
+            replies = exc
         else:
             self._healthy = True
         finally:
             self._in_flight -= 1
             if self._queue:
                 self._kick()
-        for call, reply in zip(batch, replies, strict=True):
+        for i, call in enumerate(batch):
             if call.reply is None or call.reply.done():
                 continue
-            if isinstance(reply, BaseException):
-                call.reply.set_exception(reply)
+            if isinstance(replies, BaseException):
+                call.reply.set_exception(replies)
             else:
-                call.reply.set_result(reply)
+                call.reply.set_result(replies[i])
 
-    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        """EVALSHA each call in one round trip; load the scripts once if Redis lacks them."""
-        replies = await self._evalsha(batch)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            for script in {batch[i].script for i in missing}:
-                await self._redis.script_load(script.script)
-            again = await self._evalsha([batch[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
-
-    async def _evalsha(self, batch: list[_Call]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
+    async def _run(self, batch: list[_Call]) -> list[Any]:
+        """One EVALSHA for the batch; loads the script first if Redis lacks it."""
+        now = "" if self._clock is None else repr(self._clock())
+        args: list[str] = [now, self._ttl]
         for call in batch:
-            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+            args += (call.base, call.call)
+        try:
+            replies: list[Any] = await self._redis.evalsha(self._script.sha, 0, *args)
+        except NoScriptError:  # nothing ran: load the script and send again
+            await self._redis.script_load(_BATCH_LUA)
+            replies = await self._redis.evalsha(self._script.sha, 0, *args)
         return replies
 
     def _unavailable(self, key: str) -> Decision:
