@@ -35,6 +35,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 unit: setup
+	scripts/ensure-chromium
 	$(BIN)/pytest
 
 test: lint typecheck unit

@@ -10,37 +10,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
 
-from llm_gateway.api import health
+from llm_gateway.api import dashboard, health
 from llm_gateway.api import keys as keys_routes
+from llm_gateway.api import stats as stats_routes
+from llm_gateway.api.dashboard import PUBLIC_PAGES
 from llm_gateway.api.http import gateway_error_handler, http_error_handler, unexpected_error_handler
 from llm_gateway.api.limits import BodyLimit
 from llm_gateway.api.ollama import routes as ollama_routes
 from llm_gateway.api.openai import routes as openai_routes
-from llm_gateway.auth import Authenticator, AuthMiddleware, JwtVerifier
+from llm_gateway.auth import ALLOWLIST, Authenticator, AuthMiddleware, JwtVerifier
 from llm_gateway.errors import GatewayError
 from llm_gateway.jwt_secret import ensure_jwt_secret
 from llm_gateway.keys import KeyStore, ensure_admin_key
+from llm_gateway.metrics import GatewayMetrics
 from llm_gateway.models import ModelEntry, build_registry
 from llm_gateway.ratelimit import Limits, MemoryLimiter, RateLimiter, RedisLimiter
 from llm_gateway.service import InferenceService
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
+from llm_gateway.stats import UsageStats
 from llm_gateway.store.database import create_engine, migrate, resolve_url
+from llm_gateway.usage import UsageMiddleware, UsageRecorder, delete_usage_before, log_requests
 
 log = logging.getLogger(__name__)
 
 
 def build_middleware(settings: Settings, state: GatewayState) -> list[Middleware]:
     """The middleware stack, outermost first."""
+    public = ALLOWLIST | PUBLIC_PAGES | (set() if settings.metrics_auth else {"/metrics"})
     return [
+        Middleware(UsageMiddleware, recorder=lambda: state.recorder),
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
-        Middleware(AuthMiddleware, state=state, enabled=settings.auth),
+        Middleware(AuthMiddleware, state=state, enabled=settings.auth, public=frozenset(public)),
     ]
 
 
@@ -61,6 +70,16 @@ async def open_store(state: GatewayState) -> None:
     if not settings.auth:
         log.warning("authentication is OFF (GATEWAY_AUTH=false): every caller is an admin")
     state.authenticator = Authenticator(state.key_store, JwtVerifier(settings, state.jwt_secret))
+    observers = [state.metrics.observe]
+    if settings.log_requests:
+        observers.append(log_requests)
+    state.recorder = UsageRecorder(
+        state.database,
+        flush_interval_s=settings.usage_flush_interval_s,
+        max_buffer=settings.usage_buffer_size,
+        observers=observers,
+    )
+    state.stats = UsageStats(state.database)
 
 
 def build_limiter(settings: Settings) -> RateLimiter:
@@ -79,6 +98,38 @@ async def _flush_key_use(state: GatewayState) -> None:
                 await state.authenticator.flush_usage()
             except Exception as exc:  # a database hiccup must not stop the loop
                 log.warning("could not record key use: %s", exc)
+
+
+async def _apply_retention(state: GatewayState, days: float) -> None:
+    """Delete usage records older than the retention period, now and then hourly."""
+    while True:
+        if state.database is not None:
+            try:
+                deleted = await delete_usage_before(state.database, time.time() - days * 86_400)
+                if deleted:
+                    log.info("deleted %d usage records older than %g days", deleted, days)
+            except Exception as exc:  # a database hiccup must not stop the loop
+                log.warning("could not apply usage retention: %s", exc)
+        await asyncio.sleep(3600)
+
+
+def _route_namer(routes: Sequence[BaseRoute]) -> Callable[[str], str]:
+    """Path -> its route's template (/api/keys/{key_id}), 'other' for no route; cached."""
+    cache: dict[str, str] = {}
+
+    def route_of(path: str) -> str:
+        name = cache.get(path)
+        if name is None:
+            name = next(
+                (r.path for r in routes if isinstance(r, Route) and r.path_regex.match(path)),
+                "other",
+            )
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[path] = name
+        return name
+
+    return route_of
 
 
 async def _start_backend(entry: ModelEntry) -> None:
@@ -104,7 +155,14 @@ def create_app(settings: Settings) -> Starlette:
         state.jwt_secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)
         await open_store(state)
         service.limiter = build_limiter(settings)
+        assert state.recorder is not None
+        state.recorder.start()
         flusher = asyncio.create_task(_flush_key_use(state))
+        retention = (
+            asyncio.create_task(_apply_retention(state, settings.usage_retention_days))
+            if settings.usage_retention_days
+            else None
+        )
         loading = (
             asyncio.create_task(
                 asyncio.wait([asyncio.create_task(_start_backend(e)) for e in registry])
@@ -121,15 +179,28 @@ def create_app(settings: Settings) -> Starlette:
             for entry in registry:
                 await entry.backend.stop()
             flusher.cancel()
+            if retention is not None:
+                retention.cancel()
             if state.authenticator is not None:
                 await state.authenticator.flush_usage()
+            if state.recorder is not None:
+                await state.recorder.close()  # every buffered usage record, or an error
             if state.database is not None:
                 await state.database.dispose()
             if service.limiter is not None:
                 await service.limiter.close()
 
+    routes = [
+        *health.routes,
+        *openai_routes.routes,
+        *keys_routes.routes,
+        *stats_routes.routes,
+        *dashboard.routes,
+        *ollama_routes.routes,
+    ]
+    state.metrics = GatewayMetrics(registry, _route_namer(routes), lambda: state.recorder)
     app = Starlette(
-        routes=[*health.routes, *openai_routes.routes, *keys_routes.routes, *ollama_routes.routes],
+        routes=routes,
         middleware=build_middleware(settings, state),
         exception_handlers={
             GatewayError: gateway_error_handler,

@@ -279,25 +279,34 @@ def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
 
 
 class AuthMiddleware:
-    """Pure ASGI: authenticates every request outside ALLOWLIST; sets scope['state']['principal'].
+    """Pure ASGI: authenticates every request outside ``public`` (ALLOWLIST, plus the
+    dashboard page and, unless GATEWAY_METRICS_AUTH, /metrics); sets
+    scope['state']['principal'].
 
     The authenticator comes from the app state, where the lifespan puts it once
     the database is open; `enabled=False` (GATEWAY_AUTH=false) lets everyone in.
     """
 
-    def __init__(self, app: Any, state: GatewayState, enabled: bool) -> None:
+    def __init__(
+        self,
+        app: Any,
+        state: GatewayState,
+        enabled: bool,
+        public: frozenset[str] = ALLOWLIST,
+    ) -> None:
         self.app = app
         self.state = state
         self.enabled = enabled
+        self.public = public
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in ALLOWLIST:
+        if scope["type"] != "http" or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
         try:
             principal = await self._principal(scope)
         except GatewayError as exc:
-            await error_response(exc, scope["path"])(scope, receive, send)
+            await error_response(exc, scope)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

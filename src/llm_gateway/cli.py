@@ -21,6 +21,8 @@ from pydantic import ValidationError
 from llm_gateway.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from llm_gateway.keys import KeyStore
     from llm_gateway.ratelimit import Limits
 
@@ -60,21 +62,6 @@ def _settings_options(func: Any) -> Any:
     return func
 
 
-def configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    root.handlers.clear()
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=True)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
 @click.group()
 @click.version_option(package_name="llm-gateway")
 def main() -> None:
@@ -90,7 +77,9 @@ def serve(**options: Any) -> None:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise click.UsageError(str(exc)) from exc
-    configure_logging(settings.log_level)
+    from llm_gateway.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     from llm_gateway.server import run
 
     sys.exit(run(settings))
@@ -104,9 +93,8 @@ def _settings() -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
-def _with_store(action: Callable[[KeyStore], Awaitable[Any]]) -> Any:
-    """Run an action on the configured key store (DATABASE_URL or the data directory)."""
-    from llm_gateway.keys import KeyStore
+def _with_engine(action: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:
+    """Run an action on the configured store (DATABASE_URL or the data directory)."""
     from llm_gateway.store.database import create_engine, migrate, resolve_url
 
     settings = _settings()
@@ -115,12 +103,19 @@ def _with_store(action: Callable[[KeyStore], Awaitable[Any]]) -> Any:
         engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
         try:
             await migrate(engine)
-            return await action(KeyStore(engine))
+            return await action(engine)
         finally:
             await engine.dispose()
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return asyncio.run(run())
+
+
+def _with_store(action: Callable[[KeyStore], Awaitable[Any]]) -> Any:
+    """Run an action on the configured key store."""
+    from llm_gateway.keys import KeyStore
+
+    return _with_engine(lambda engine: action(KeyStore(engine)))
 
 
 @main.group()
@@ -236,6 +231,67 @@ def keys_revoke(key_id: str) -> None:
     if revoked is None:
         raise click.ClickException(f"no API key with id '{key_id}'")
     click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def usage() -> None:
+    """Usage records in the store the gateway uses (DATABASE_URL or GATEWAY_DATA_DIR)."""
+
+
+@usage.command("export")
+@click.option("--since", default="24h", show_default=True, help="Epoch s, ISO 8601, or 24h/7d.")
+@click.option("--until", default=None, help="Epoch s, ISO 8601, or a duration ago; default now.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv")
+@click.option("--user", default=None, help="Only this user's records.")
+@click.option("--output", "-o", type=click.File("w"), default="-", help="File (default stdout).")
+def usage_export(since: str, until: str | None, fmt: str, user: str | None, output: Any) -> None:
+    """Write usage records, oldest first, as CSV or JSON lines."""
+    import csv
+    import time as _time
+
+    import orjson
+
+    from llm_gateway.api.stats import parse_time
+    from llm_gateway.errors import InvalidRequest
+    from llm_gateway.usage import EXPORT_COLUMNS, export_rows
+
+    now = _time.time()
+    try:
+        start = parse_time(since, "since", now)
+        end = parse_time(until, "until", now) if until else now
+    except InvalidRequest as exc:
+        raise click.BadParameter(exc.message) from None
+    writer = csv.writer(output) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(EXPORT_COLUMNS)
+
+    async def write(engine: Any) -> int:
+        n = 0
+        async for row in export_rows(engine, start, end, user):
+            if writer is not None:
+                writer.writerow(row.values())
+            else:
+                output.write(orjson.dumps(row).decode() + "\n")
+            n += 1
+        return n
+
+    count = _with_engine(write)
+    click.echo(f"{count} records", err=True)
+
+
+@usage.command("prune")
+@click.option(
+    "--older-than-days", type=float, required=True, help="Delete records older than this."
+)
+def usage_prune(older_than_days: float) -> None:
+    """Delete old usage records now (GATEWAY_USAGE_RETENTION_DAYS does it hourly)."""
+    import time as _time
+
+    from llm_gateway.usage import delete_usage_before
+
+    before = _time.time() - older_than_days * 86_400
+    deleted = _with_engine(lambda engine: delete_usage_before(engine, before))
+    click.echo(f"deleted {deleted} records")
 
 
 @main.group()

@@ -11,6 +11,7 @@ the generation closes, however it ends.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator
 
 from llm_gateway.auth import Principal
@@ -18,6 +19,7 @@ from llm_gateway.errors import BackendError, Forbidden, Overloaded
 from llm_gateway.models import ModelEntry, Registry
 from llm_gateway.ratelimit import Decision, Limits, RateLimiter
 from llm_gateway.types import Chunk, GenerationRequest, Usage
+from llm_gateway.usage import UsageRecord
 
 
 class Generation:
@@ -29,11 +31,13 @@ class Generation:
         first: Chunk,
         rest: AsyncIterator[Chunk],
         admission: Admission | None = None,
+        record: UsageRecord | None = None,
     ) -> None:
         self.entry = entry
         self._first: Chunk | None = first
         self._rest = rest
         self._admission = admission
+        self._record = record
         self.usage: Usage | None = first.usage
         self.headers = admission.headers if admission is not None else {}
 
@@ -46,10 +50,15 @@ class Generation:
             yield first
             if first.finish_reason is not None:
                 return
-        async for chunk in self._rest:
-            if chunk.usage is not None:
-                self.usage = chunk.usage
-            yield chunk
+        try:
+            async for chunk in self._rest:
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+                yield chunk
+        except Exception as exc:
+            if self._record is not None:
+                self._record.error_type = getattr(exc, "type", "backend_error")
+            raise
 
     async def aclose(self) -> None:
         try:
@@ -60,6 +69,9 @@ class Generation:
             admission, self._admission = self._admission, None
             if admission is not None:
                 admission.settle(self.usage.total_tokens if self.usage is not None else None)
+            if self._record is not None and self.usage is not None:
+                self._record.prompt_tokens = self.usage.prompt_tokens
+                self._record.completion_tokens = self.usage.completion_tokens
 
     async def collect(self) -> tuple[str, Chunk]:
         """All text and the final chunk (finish_reason, usage)."""
@@ -108,8 +120,18 @@ class InferenceService:
         self.default_limits = default_limits or Limits()
         self.default_max_tokens = default_max_tokens
 
-    async def open(self, request: GenerationRequest, principal: Principal) -> Generation:
+    async def open(
+        self,
+        request: GenerationRequest,
+        principal: Principal,
+        record: UsageRecord | None = None,
+    ) -> Generation:
+        """Admit the caller and start the generation; ``record`` (the request's
+        usage record) gets the model, backend, tokens and time to first token."""
         entry = self.registry.resolve(request.model)
+        if record is not None:
+            record.model = entry.name
+            record.backend = entry.spec.backend
         _check_model_allowed(principal, entry, request.model)
         admission = await self._admit(request, principal, entry)
         stream = entry.backend.stream(request)
@@ -124,7 +146,9 @@ class InferenceService:
             if isinstance(exc, StopAsyncIteration):
                 raise BackendError(f"model '{entry.name}' returned no output") from None
             raise
-        return Generation(entry, first, stream, admission)
+        if record is not None:
+            record.first_token = time.perf_counter()
+        return Generation(entry, first, stream, admission, record)
 
     def limits_for(self, principal: Principal, entry: ModelEntry) -> tuple[str, Limits]:
         """(counter key, limits) of one caller on one model.

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         default_factory=default_data_dir,
         description="Directory for local state (generated JWT secret, SQLite files).",
     )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as JSON (production) or text; auto: text on a terminal."
+    )
+    log_requests: bool = Field(
+        True, description="Log one line per request (INFO: id, route, status, latency, model)."
+    )
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes); 413 above."
     )
@@ -109,6 +115,29 @@ class Settings(BaseSettings):
     )
     concurrent_requests: int | None = Field(
         None, ge=0, description="Default concurrent requests of a key."
+    )
+
+    # --- usage log and metrics -------------------------------------------------
+    usage_flush_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Usage records are written to the store this often; a kill -9 loses at "
+        "most this many seconds of records.",
+    )
+    usage_buffer_size: int = Field(
+        100_000,
+        ge=100,
+        description="Usage records kept in memory while the store is unreachable; beyond "
+        "this, records are counted as dropped.",
+    )
+    usage_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Delete usage records older than this (checked hourly); unset keeps them all.",
+    )
+    metrics_auth: bool = Field(
+        False, description="Require an admin key or token on /metrics (off: open to scrapers)."
     )
 
     # --- models -----------------------------------------------------------

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
     from llm_gateway.auth import Authenticator
     from llm_gateway.keys import KeyStore
+    from llm_gateway.metrics import GatewayMetrics
+    from llm_gateway.stats import UsageStats
+    from llm_gateway.usage import UsageRecorder
 
 
 @dataclass
@@ -35,6 +38,9 @@ class GatewayState:
     database: AsyncEngine | None = None
     key_store: KeyStore | None = None
     authenticator: Authenticator | None = None
+    recorder: UsageRecorder | None = None
+    stats: UsageStats | None = None
+    metrics: GatewayMetrics = field(init=False)
 
     @property
     def keys(self) -> KeyStore:

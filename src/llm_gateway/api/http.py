@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llm_gateway.errors import BackendError, GatewayError
+from llm_gateway.usage import note_error
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,15 @@ def error_body(exc: GatewayError, path: str) -> dict[str, Any]:
     return exc.to_openai_body() if is_openai_path(path) else exc.to_ollama_body()
 
 
-def error_response(exc: GatewayError, path: str) -> JSONResponse:
-    return JSONResponse(error_body(exc, path), status_code=exc.status, headers=exc.headers)
+def error_response(exc: GatewayError, scope: Scope) -> JSONResponse:
+    """The error in the protocol of the request's path; noted on its usage record."""
+    note_error(scope, exc.type)
+    return JSONResponse(error_body(exc, scope["path"]), status_code=exc.status, headers=exc.headers)
 
 
 async def gateway_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc, request.url.path)
+    return error_response(exc, request.scope)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
@@ -60,12 +63,13 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     err = GatewayError(message)
     err.status = exc.status_code
     err.type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    return error_response(err, request.url.path)
+    return error_response(err, request.scope)
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(BackendError(f"internal error: {type(exc).__name__}"), request.url.path)
+    error = BackendError(f"internal error: {type(exc).__name__}")
+    return error_response(error, request.scope)
 
 
 def as_gateway_error(exc: BaseException) -> GatewayError:

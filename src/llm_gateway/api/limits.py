@@ -22,7 +22,7 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await error_response(self._error(), scope["path"])(scope, receive, send)
+                await error_response(self._error(), scope)(scope, receive, send)
                 return
         seen = 0
 

@@ -25,3 +25,31 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_api_keys_owner", "owner"),
 )
+
+usage_records = sa.Table(
+    "usage_records",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("ts", sa.Double, nullable=False),  # arrival, epoch seconds
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("user_id", sa.String(200), nullable=True),
+    sa.Column("model", sa.String(200), nullable=True),
+    sa.Column("backend", sa.String(32), nullable=True),
+    sa.Column("method", sa.String(10), nullable=False),
+    sa.Column("endpoint", sa.String(200), nullable=False),
+    sa.Column("status", sa.SmallInteger, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("ttft_ms", sa.Double, nullable=True),
+    sa.Column("latency_ms", sa.Double, nullable=False),
+    sa.Column("tokens_per_s", sa.Double, nullable=True),
+    sa.Column("error_type", sa.String(64), nullable=True),
+    sa.Column("client", sa.String(64), nullable=True),
+    # ceil(log_1.1(ms)): percentiles come from GROUP BY counts (usage.latency_bucket)
+    sa.Column("latency_bucket", sa.SmallInteger, nullable=False),
+    sa.Column("ttft_bucket", sa.SmallInteger, nullable=True),
+    sa.Index("ix_usage_ts", "ts"),
+    sa.Index("ix_usage_user_ts", "user_id", "ts"),
+    sa.Index("ix_usage_key_ts", "key_id", "ts"),
+)

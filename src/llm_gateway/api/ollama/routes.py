@@ -32,6 +32,7 @@ from llm_gateway.models import ModelEntry
 from llm_gateway.service import Generation
 from llm_gateway.state import GatewayState
 from llm_gateway.types import Chunk, GenerationRequest
+from llm_gateway.usage import record_of
 
 NDJSON = "application/x-ndjson"
 Piece = Callable[[str, str], dict[str, Any]]
@@ -68,11 +69,11 @@ async def _reply(
     service, principal = GatewayState.of(request).service, principal_of(request)
     if not stream:
         async with CancelOnDisconnect(request.receive):
-            gen = await service.open(req, principal)
+            gen = await service.open(req, principal, record_of(request.scope))
             text, last = await gen.collect()
             return JSONResponse(final(model, text, last), headers=gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
-    gen = await service.open(req, principal)
+    gen = await service.open(req, principal, record_of(request.scope))
     return EventStream(_lines(gen, model, piece, final), NDJSON, gen.headers)
 
 

@@ -33,6 +33,7 @@ from llm_gateway.auth import principal_of
 from llm_gateway.service import Generation
 from llm_gateway.state import GatewayState
 from llm_gateway.types import Chunk
+from llm_gateway.usage import record_of
 
 DONE = b"data: [DONE]\n\n"
 
@@ -49,11 +50,15 @@ async def chat_completions(request: Request) -> Response | EventStream:
     ctx = _ctx("chatcmpl", body.model)
     if not body.stream:
         async with CancelOnDisconnect(request.receive):
-            gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
+            gen = await state.service.open(
+                convert.from_chat_request(body), principal_of(request), record_of(request.scope)
+            )
             text, final = await gen.collect()
             return JSONResponse(convert.chat_response(ctx, text, final), headers=gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
-    gen = await state.service.open(convert.from_chat_request(body), principal_of(request))
+    gen = await state.service.open(
+        convert.from_chat_request(body), principal_of(request), record_of(request.scope)
+    )
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
@@ -74,11 +79,11 @@ async def completions(request: Request) -> Response | EventStream:
     req = convert.from_completion_request(body)
     if not body.stream:
         async with CancelOnDisconnect(request.receive):
-            gen = await state.service.open(req, principal_of(request))
+            gen = await state.service.open(req, principal_of(request), record_of(request.scope))
             text, final = await gen.collect()
             return JSONResponse(convert.completion_response(ctx, text, final), headers=gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
-    gen = await state.service.open(req, principal_of(request))
+    gen = await state.service.open(req, principal_of(request), record_of(request.scope))
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:

@@ -1,0 +1,223 @@
+"""Statistics over the usage records: totals, percentiles and time series.
+
+The database does the heavy part: one GROUP BY over the time range returns,
+per group (model, endpoint, time bucket, ...), the request count, token sums,
+errors, and the count per latency *bucket* (``usage.latency_bucket``: 5%
+wide, log-spaced, stored with each record). numpy then turns those bucket counts
+into p50/p95/p99 in one vectorised pass per query. Percentiles are the
+geometric middle of their bucket, so within 2.5% of the exact value; nothing
+is sampled. The same SQL runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_gateway.store.tables import usage_records as u
+from llm_gateway.usage import LATENCY_BUCKET_BASE
+
+if TYPE_CHECKING:  # numpy is imported when a query runs, not with the app
+    import numpy as np
+    import numpy.typing as npt
+
+QUANTILES = (0.5, 0.95, 0.99)
+Bucket = Literal["minute", "hour", "day"]
+BUCKET_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
+MAX_POINTS = 10_000
+"""A detailed query may return at most this many time buckets (per model and endpoint)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which records a query covers: a time range, optionally one user or key."""
+
+    since: float
+    until: float
+    user: str | None = None
+    key_id: str | None = None
+
+    def where(self) -> list[sa.ColumnElement[bool]]:
+        clauses = [u.c.ts >= self.since, u.c.ts < self.until]
+        if self.user is not None:
+            clauses.append(u.c.user_id == self.user)
+        if self.key_id is not None:
+            clauses.append(u.c.key_id == self.key_id)
+        return clauses
+
+
+_ERRORS = sa.func.sum(sa.case((u.c.status >= 400, 1), else_=0))
+_MEASURES = (
+    sa.func.count().label("requests"),
+    sa.func.coalesce(sa.func.sum(u.c.prompt_tokens), 0).label("prompt_tokens"),
+    sa.func.coalesce(sa.func.sum(u.c.completion_tokens), 0).label("completion_tokens"),
+    sa.func.coalesce(_ERRORS, 0).label("errors"),
+    sa.func.coalesce(sa.func.sum(u.c.tokens_per_s), 0.0).label("tps_sum"),
+    sa.func.count(u.c.tokens_per_s).label("tps_n"),
+)
+
+
+def percentiles(
+    groups: npt.NDArray[np.int64], buckets: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """p50/p95/p99 (ms) per group from (group, bucket, count) rows, vectorised.
+
+    Returns an array of shape (max group + 1, len(QUANTILES)); a group without
+    any counted value gets NaN.
+    """
+    import numpy as np
+
+    n_groups = int(groups.max()) + 1 if groups.size else 0
+    out = np.full((n_groups, len(QUANTILES)), np.nan)
+    if not groups.size:
+        return out
+    order = np.lexsort((buckets, groups))  # by group, then bucket
+    g, b, c = groups[order], buckets[order], counts[order]
+    cum = np.cumsum(c)  # non-decreasing across groups, since rows are sorted by group
+    totals = np.bincount(g, weights=c, minlength=n_groups).astype(np.int64)
+    starts = np.cumsum(totals) - totals  # values counted before each group
+    present = totals > 0
+    for j, q in enumerate(QUANTILES):
+        rank = starts + np.maximum(1, np.ceil(q * totals)).astype(np.int64)
+        idx = np.searchsorted(cum, rank[present], side="left")  # first row reaching it
+        out[present, j] = bucket_middle_ms(b[idx])
+    return out
+
+
+def bucket_middle_ms(bucket: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """The geometric middle (ms) of latency buckets (see ``usage.latency_bucket``)."""
+    import numpy as np
+
+    middle: npt.NDArray[np.float64] = np.where(
+        bucket <= 0, 0.001, np.power(LATENCY_BUCKET_BASE, bucket - 0.5) / 1000
+    )
+    return middle
+
+
+def _measures(row: Any) -> dict[str, Any]:
+    tps = row.tps_sum / row.tps_n if row.tps_n else None
+    return {
+        "requests": int(row.requests),
+        "prompt_tokens": int(row.prompt_tokens),
+        "completion_tokens": int(row.completion_tokens),
+        "total_tokens": int(row.prompt_tokens) + int(row.completion_tokens),
+        "errors": int(row.errors),
+        "error_rate": round(int(row.errors) / row.requests, 4) if row.requests else 0.0,
+        "tokens_per_s": round(tps, 2) if tps is not None else None,
+    }
+
+
+def _latencies(p: npt.NDArray[np.float64], i: int) -> dict[str, float | None]:
+    return {f"p{round(q * 100)}": _round(p[i, j]) for j, q in enumerate(QUANTILES)}
+
+
+def _round(value: float) -> float | None:
+    return None if value != value else round(float(value), 3)  # NaN: nothing counted
+
+
+class UsageStats:
+    """The queries behind /api/stats, /api/stats/detailed and /api/admin/stats."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def _rows(self, query: sa.Select[Any]) -> Sequence[Any]:
+        async with self.engine.connect() as conn:
+            rows: Sequence[Any] = (await conn.execute(query)).all()
+        return rows
+
+    async def by(self, scope: Scope, *keys: sa.ColumnElement[Any]) -> list[dict[str, Any]]:
+        """Totals and latency / TTFT percentiles per distinct value of ``keys``."""
+        names = [str(k.key) for k in keys]
+        totals = await self._rows(
+            sa.select(*keys, *_MEASURES).where(*scope.where()).group_by(*keys).order_by(*keys)
+        )
+        index = {tuple(getattr(r, n) for n in names): i for i, r in enumerate(totals)}
+        lat = await self._histogram(scope, keys, u.c.latency_bucket, index)
+        ttft = await self._histogram(scope, keys, u.c.ttft_bucket, index)
+        out = []
+        for i, row in enumerate(totals):
+            item = {n: getattr(row, n) for n in names}
+            item.update(_measures(row))
+            item["latency_ms"] = _latencies(lat, i)
+            item["ttft_ms"] = _latencies(ttft, i)
+            out.append(item)
+        return out
+
+    async def _histogram(
+        self,
+        scope: Scope,
+        keys: Sequence[sa.ColumnElement[Any]],
+        bucket: sa.Column[Any],
+        index: dict[tuple[Any, ...], int],
+    ) -> npt.NDArray[np.float64]:
+        count = sa.func.count()
+        rows = await self._rows(
+            sa.select(*keys, bucket, count)
+            .where(*scope.where(), bucket.is_not(None))
+            .group_by(*keys, bucket)
+        )
+        import numpy as np
+
+        n = len(keys)
+        # Records written between the totals query and this one are left out.
+        known = [(index[k], r[n], r[n + 1]) for r in rows if (k := tuple(r[:n])) in index]
+        table = np.array(known, dtype=np.int64).reshape(-1, 3)
+        groups, buckets, counts = table[:, 0], table[:, 1], table[:, 2]
+        result = np.full((len(index), len(QUANTILES)), np.nan)
+        p = percentiles(groups, buckets, counts)
+        result[: len(p)] = p
+        return result
+
+    async def summary(self, scope: Scope) -> dict[str, Any]:
+        """One caller's (or everyone's) usage: totals, and the same by model."""
+        total = await self.by(scope)
+        return {
+            "since": scope.since,
+            "until": scope.until,
+            "total": total[0] if total else None,
+            "by_model": await self.by(scope, u.c.model),
+        }
+
+    def _time_bucket(self, width: int) -> sa.ColumnElement[Any]:
+        """floor(ts / width) * width, on SQLite and PostgreSQL."""
+        if self.engine.dialect.name == "sqlite":
+            start = sa.cast(u.c.ts / width, sa.Integer)  # ts > 0: truncation is floor
+        else:
+            start = sa.cast(sa.func.floor(u.c.ts / width), sa.BigInteger)
+        return (start * width).label("start")
+
+    async def series(self, scope: Scope, bucket: Bucket) -> list[dict[str, Any]]:
+        """Time series: one point per time bucket, model and endpoint."""
+        start = self._time_bucket(BUCKET_SECONDS[bucket])
+        return await self.by(scope, start, u.c.model, u.c.endpoint)
+
+    async def admin(self, scope: Scope, top: int = 10) -> dict[str, Any]:
+        """Everyone: by user, by key, by model; top consumers by tokens; error rates."""
+        users = await self.by(scope, u.c.user_id)
+        keys = await self.by(scope, u.c.key_id, u.c.user_id)
+        models = await self.by(scope, u.c.model)
+        total = await self.by(scope)
+        errors = await self._rows(
+            sa.select(u.c.error_type, u.c.status, sa.func.count().label("n"))
+            .where(*scope.where(), u.c.status >= 400)
+            .group_by(u.c.error_type, u.c.status)
+            .order_by(sa.desc("n"))
+        )
+        return {
+            "since": scope.since,
+            "until": scope.until,
+            "total": total[0] if total else None,
+            "by_user": users,
+            "by_key": keys,
+            "by_model": models,
+            "top_users": sorted(users, key=lambda x: -x["total_tokens"])[:top],
+            "top_keys": sorted(keys, key=lambda x: -x["total_tokens"])[:top],
+            "errors": [
+                {"type": e.error_type, "status": e.status, "count": int(e.n)} for e in errors
+            ],
+        }

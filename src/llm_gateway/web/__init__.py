@@ -1,0 +1,1 @@
+"""Static web assets: the admin dashboard page."""
