@@ -39,6 +39,7 @@ from llm_gateway.state import GatewayState
 from llm_gateway.stats import UsageStats
 from llm_gateway.store.database import create_engine, migrate, resolve_url
 from llm_gateway.usage import UsageMiddleware, UsageRecorder, delete_usage_before, log_requests
+from llm_gateway.usage_columns import UsageColumns
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,17 @@ async def open_store(state: GatewayState) -> None:
     observers = [state.metrics.observe]
     if settings.log_requests:
         observers.append(log_requests)
+    columns = None
+    if settings.stats_memory_days > 0:
+        columns = UsageColumns(state.database, window_s=settings.stats_memory_days * 86_400)
     state.recorder = UsageRecorder(
         state.database,
         flush_interval_s=settings.usage_flush_interval_s,
         max_buffer=settings.usage_buffer_size,
         observers=observers,
+        on_written=columns.poke if columns is not None else None,
     )
-    state.stats = UsageStats(state.database)
+    state.stats = UsageStats(state.database, columns)
 
 
 def build_limiter(settings: Settings) -> RateLimiter:
@@ -155,8 +160,10 @@ def create_app(settings: Settings) -> Starlette:
         state.jwt_secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)
         await open_store(state)
         service.limiter = build_limiter(settings)
-        assert state.recorder is not None
+        assert state.recorder is not None and state.stats is not None
         state.recorder.start()
+        if state.stats.columns is not None:
+            state.stats.columns.start()  # loads recent records in the background
         flusher = asyncio.create_task(_flush_key_use(state))
         retention = (
             asyncio.create_task(_apply_retention(state, settings.usage_retention_days))
@@ -185,6 +192,8 @@ def create_app(settings: Settings) -> Starlette:
                 await state.authenticator.flush_usage()
             if state.recorder is not None:
                 await state.recorder.close()  # every buffered usage record, or an error
+            if state.stats is not None and state.stats.columns is not None:
+                await state.stats.columns.close()
             if state.database is not None:
                 await state.database.dispose()
             if service.limiter is not None:

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Delete usage records older than this (checked hourly); unset keeps them all.",
     )
+    stats_memory_days: float = Field(
+        31,
+        ge=0,
+        description="Days of usage records kept in memory (~50 bytes each) so statistics "
+        "answer without scanning the table; older ranges are read from the store. 0: none.",
+    )
     metrics_auth: bool = Field(
         False, description="Require an admin key or token on /metrics (off: open to scrapers)."
     )

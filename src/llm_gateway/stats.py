@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # numpy is imported when a query runs, not with the app
     import numpy as np
     import numpy.typing as npt
 
+    from llm_gateway.usage_columns import UsageColumns
+
 QUANTILES = (0.5, 0.95, 0.99)
 Bucket = Literal["minute", "hour", "day"]
 BUCKET_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
@@ -99,6 +101,7 @@ def bucket_middle_ms(bucket: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
 
 
 def _measures(row: Any) -> dict[str, Any]:
+    """Counts and rates of one group (an SQL row or a ``usage_columns.Group``)."""
     tps = row.tps_sum / row.tps_n if row.tps_n else None
     return {
         "requests": int(row.requests),
@@ -119,29 +122,77 @@ def _round(value: float) -> float | None:
     return None if value != value else round(float(value), 3)  # NaN: nothing counted
 
 
-class UsageStats:
-    """The queries behind /api/stats, /api/stats/detailed and /api/admin/stats."""
+_FIELDS: dict[str, tuple[str, sa.ColumnElement[Any]]] = {
+    # name in the answer -> (column in memory, column in SQL)
+    "model": ("model", u.c.model),
+    "endpoint": ("endpoint", u.c.endpoint),
+    "user_id": ("user", u.c.user_id),
+    "key_id": ("key", u.c.key_id),
+}
 
-    def __init__(self, engine: AsyncEngine) -> None:
+
+class UsageStats:
+    """The queries behind /api/stats, /api/stats/detailed and /api/admin/stats.
+
+    Ranges held in memory (``UsageColumns``, the last 31 days by default) are
+    answered there with numpy; older ones with SQL over the usage table.
+    """
+
+    def __init__(self, engine: AsyncEngine, columns: UsageColumns | None = None) -> None:
         self.engine = engine
+        self.columns = columns
+
+    def _in_memory(self, scope: Scope) -> UsageColumns | None:
+        cols = self.columns
+        return cols if cols is not None and cols.covers(scope.since) else None
+
+    async def by(
+        self, scope: Scope, *fields: str, bucket_s: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Totals and latency / TTFT percentiles per distinct value of ``fields``
+        (names in ``_FIELDS``, or "start": the time bucket of ``bucket_s`` seconds)."""
+        cols = self._in_memory(scope)
+        if cols is None:
+            return await self._by_sql(scope, fields, bucket_s)
+        names = tuple("start" if f == "start" else _FIELDS[f][0] for f in fields)
+        groups = cols.aggregate(
+            scope.since,
+            scope.until,
+            names,
+            user=scope.user,
+            key_id=scope.key_id,
+            bucket_s=bucket_s,
+        )
+        out = []
+        for grp in sorted(groups, key=lambda x: tuple(str(v) for v in x.key)):
+            item: dict[str, Any] = dict(zip(fields, grp.key, strict=True))
+            item.update(_measures(grp))
+            item["latency_ms"] = _latencies(grp.latency[None, :], 0)
+            item["ttft_ms"] = _latencies(grp.ttft[None, :], 0)
+            out.append(item)
+        return out
 
     async def _rows(self, query: sa.Select[Any]) -> Sequence[Any]:
         async with self.engine.connect() as conn:
             rows: Sequence[Any] = (await conn.execute(query)).all()
         return rows
 
-    async def by(self, scope: Scope, *keys: sa.ColumnElement[Any]) -> list[dict[str, Any]]:
-        """Totals and latency / TTFT percentiles per distinct value of ``keys``."""
-        names = [str(k.key) for k in keys]
+    async def _by_sql(
+        self, scope: Scope, fields: Sequence[str], bucket_s: int | None
+    ) -> list[dict[str, Any]]:
+        keys = [
+            self._time_bucket(bucket_s or 3600) if f == "start" else _FIELDS[f][1].label(f)
+            for f in fields
+        ]
         totals = await self._rows(
             sa.select(*keys, *_MEASURES).where(*scope.where()).group_by(*keys).order_by(*keys)
         )
-        index = {tuple(getattr(r, n) for n in names): i for i, r in enumerate(totals)}
+        index = {tuple(r[: len(keys)]): i for i, r in enumerate(totals)}
         lat = await self._histogram(scope, keys, u.c.latency_bucket, index)
         ttft = await self._histogram(scope, keys, u.c.ttft_bucket, index)
         out = []
         for i, row in enumerate(totals):
-            item = {n: getattr(row, n) for n in names}
+            item: dict[str, Any] = dict(zip(fields, row[: len(keys)], strict=True))
             item.update(_measures(row))
             item["latency_ms"] = _latencies(lat, i)
             item["ttft_ms"] = _latencies(ttft, i)
@@ -155,33 +206,22 @@ class UsageStats:
         bucket: sa.Column[Any],
         index: dict[tuple[Any, ...], int],
     ) -> npt.NDArray[np.float64]:
+        import numpy as np
+
         count = sa.func.count()
         rows = await self._rows(
             sa.select(*keys, bucket, count)
             .where(*scope.where(), bucket.is_not(None))
             .group_by(*keys, bucket)
         )
-        import numpy as np
-
         n = len(keys)
         # Records written between the totals query and this one are left out.
         known = [(index[k], r[n], r[n + 1]) for r in rows if (k := tuple(r[:n])) in index]
         table = np.array(known, dtype=np.int64).reshape(-1, 3)
-        groups, buckets, counts = table[:, 0], table[:, 1], table[:, 2]
         result = np.full((len(index), len(QUANTILES)), np.nan)
-        p = percentiles(groups, buckets, counts)
+        p = percentiles(table[:, 0], table[:, 1], table[:, 2])
         result[: len(p)] = p
         return result
-
-    async def summary(self, scope: Scope) -> dict[str, Any]:
-        """One caller's (or everyone's) usage: totals, and the same by model."""
-        total = await self.by(scope)
-        return {
-            "since": scope.since,
-            "until": scope.until,
-            "total": total[0] if total else None,
-            "by_model": await self.by(scope, u.c.model),
-        }
 
     def _time_bucket(self, width: int) -> sa.ColumnElement[Any]:
         """floor(ts / width) * width, on SQLite and PostgreSQL."""
@@ -191,33 +231,48 @@ class UsageStats:
             start = sa.cast(sa.func.floor(u.c.ts / width), sa.BigInteger)
         return (start * width).label("start")
 
+    async def summary(self, scope: Scope) -> dict[str, Any]:
+        """One caller's (or everyone's) usage: totals, and the same by model."""
+        total = await self.by(scope)
+        return {
+            "since": scope.since,
+            "until": scope.until,
+            "total": total[0] if total else None,
+            "by_model": await self.by(scope, "model"),
+        }
+
     async def series(self, scope: Scope, bucket: Bucket) -> list[dict[str, Any]]:
         """Time series: one point per time bucket, model and endpoint."""
-        start = self._time_bucket(BUCKET_SECONDS[bucket])
-        return await self.by(scope, start, u.c.model, u.c.endpoint)
+        return await self.by(scope, "start", "model", "endpoint", bucket_s=BUCKET_SECONDS[bucket])
+
+    async def errors(self, scope: Scope) -> list[dict[str, Any]]:
+        """Error answers by type and status, most frequent first."""
+        cols = self._in_memory(scope)
+        if cols is not None:
+            found = cols.error_counts(scope.since, scope.until)
+        else:
+            rows = await self._rows(
+                sa.select(u.c.error_type, u.c.status, sa.func.count())
+                .where(*scope.where(), u.c.status >= 400)
+                .group_by(u.c.error_type, u.c.status)
+            )
+            found = [(r[0], int(r[1]), int(r[2])) for r in rows]
+        found.sort(key=lambda e: (-e[2], e[1]))
+        return [{"type": t, "status": st, "count": n} for t, st, n in found]
 
     async def admin(self, scope: Scope, top: int = 10) -> dict[str, Any]:
         """Everyone: by user, by key, by model; top consumers by tokens; error rates."""
-        users = await self.by(scope, u.c.user_id)
-        keys = await self.by(scope, u.c.key_id, u.c.user_id)
-        models = await self.by(scope, u.c.model)
+        users = await self.by(scope, "user_id")
+        keys = await self.by(scope, "key_id", "user_id")
         total = await self.by(scope)
-        errors = await self._rows(
-            sa.select(u.c.error_type, u.c.status, sa.func.count().label("n"))
-            .where(*scope.where(), u.c.status >= 400)
-            .group_by(u.c.error_type, u.c.status)
-            .order_by(sa.desc("n"))
-        )
         return {
             "since": scope.since,
             "until": scope.until,
             "total": total[0] if total else None,
             "by_user": users,
             "by_key": keys,
-            "by_model": models,
+            "by_model": await self.by(scope, "model"),
             "top_users": sorted(users, key=lambda x: -x["total_tokens"])[:top],
             "top_keys": sorted(keys, key=lambda x: -x["total_tokens"])[:top],
-            "errors": [
-                {"type": e.error_type, "status": e.status, "count": int(e.n)} for e in errors
-            ],
+            "errors": await self.errors(scope),
         }

@@ -154,12 +154,14 @@ class UsageRecorder:
         batch_size: int = 1000,
         max_buffer: int = 100_000,
         observers: Sequence[Callable[[list[UsageRecord]], None]] = (),
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
         self._interval = flush_interval_s
         self._batch_size = batch_size
         self._max_buffer = max_buffer
         self._observers = list(observers)
+        self._on_written = on_written
         self._buffer: deque[UsageRecord] = deque()
         self._fresh: list[UsageRecord] = []  # not yet shown to the observers
         self._wake = asyncio.Event()
@@ -198,8 +200,11 @@ class UsageRecorder:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel
+            # that lands as the event is set, and close() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval + self._backoff)
+                async with asyncio.timeout(self._interval + self._backoff):
+                    await self._wake.wait()
             self._wake.clear()
             self.observe()
             await self.flush()
@@ -224,6 +229,8 @@ class UsageRecorder:
             self.written += len(batch)
             self.healthy = True
             self._backoff = 0.0
+            if self._on_written is not None:
+                self._on_written()
         return True
 
     async def _insert(self, batch: list[UsageRecord]) -> None:

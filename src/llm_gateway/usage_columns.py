@@ -1,0 +1,371 @@
+"""The recent usage records as numpy columns in memory, so statistics need no table scan.
+
+``UsageColumns`` holds the records of the last ``window_s`` seconds (31 days by
+default; about 50 bytes each) as typed arrays, strings dictionary-encoded.
+It is filled from the store at start-up and kept in step by polling for rows
+with a larger id (every second, and right after this process writes), so the
+records of every replica sharing the database show up, a second or so late.
+
+In PostgreSQL, ids come from a sequence and a transaction may commit after
+one with a larger id; the poll there looks back ``LOOKBACK_S`` seconds of ids
+and skips the ones it has.
+
+``aggregate()`` answers one statistics query: a boolean mask over the time
+range (and user or key), dense group codes, and ``np.bincount`` for counts,
+sums and per-group latency histograms, from which percentiles are read.
+Over a million records that takes tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_gateway.store.tables import usage_records as u
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+LOOKBACK_S = 2.0
+PAGE = 100_000
+N_BUCKETS = 512  # latency buckets: 1.05 ** 511 us is ~7 days, more than any request
+_STRINGS = ("user", "key", "model", "endpoint", "error")
+_NUMBERS: dict[str, str] = {
+    "id": "int64",
+    "ts": "float64",
+    "status": "int16",
+    "prompt": "int32",
+    "completion": "int32",
+    "lat": "int16",
+    "ttft": "int16",  # -1: no first token
+    "tps": "float32",  # NaN: unknown
+}
+_COLUMNS = (
+    u.c.id,
+    u.c.ts,
+    u.c.user_id,
+    u.c.key_id,
+    u.c.model,
+    u.c.endpoint,
+    u.c.error_type,
+    u.c.status,
+    u.c.prompt_tokens,
+    u.c.completion_tokens,
+    u.c.latency_bucket,
+    u.c.ttft_bucket,
+    u.c.tokens_per_s,
+)
+
+
+@dataclass
+class Group:
+    """One group of an aggregate: its key values and measures."""
+
+    key: tuple[str | int | None, ...]
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int
+    tps_sum: float
+    tps_n: int
+    latency: npt.NDArray[np.float64]  # p50, p95, p99 (ms), NaN when none
+    ttft: npt.NDArray[np.float64]
+
+
+class _Dictionary:
+    """Strings to small ints and back; None is code 0."""
+
+    def __init__(self) -> None:
+        self.values: list[str | None] = [None]
+        self.codes: dict[str | None, int] = {None: 0}
+
+    def code(self, value: str | None) -> int:
+        c = self.codes.get(value)
+        if c is None:
+            c = self.codes[value] = len(self.values)
+            self.values.append(value)
+        return c
+
+
+class UsageColumns:
+    """See the module docstring."""
+
+    def __init__(self, engine: AsyncEngine, window_s: float = 31 * 86_400) -> None:
+        import numpy as np
+
+        self.engine = engine
+        self.window_s = window_s
+        self.n = 0
+        self._cols: dict[str, Any] = {
+            name: np.empty(0, dtype) for name, dtype in _NUMBERS.items()
+        } | {name: np.empty(0, np.int32) for name in _STRINGS}
+        self.dicts = {name: _Dictionary() for name in _STRINGS}
+        self.loaded = False
+        self.complete_since = float("inf")  # every record from here on is in memory
+        self._max_id = 0
+        self._floor = 0  # every id up to here is held (or was outside the window)
+        self._watermarks: deque[tuple[float, int]] = deque()  # (when, max id then)
+        self._recent: set[int] = set()  # ids above the floor, to skip repeats
+        # SQLite has one writer at a time, so ids arrive in order; PostgreSQL does not.
+        self.lookback_s = 0.0 if engine.dialect.name == "sqlite" else LOOKBACK_S
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the columns (allocated capacity, not only the records)."""
+        return sum(int(a.nbytes) for a in self._cols.values())
+
+    def col(self, name: str) -> Any:
+        """A column, trimmed to the records held."""
+        return self._cols[name][: self.n]
+
+    # ---------------------------------------------------------------- sync
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def poke(self) -> None:
+        """New records were written: poll now rather than in a second."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the store is down: stats go stale, not wrong
+                log.warning("could not read new usage records: %s", exc)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see UsageRecorder._run
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def refresh(self) -> int:
+        """Read the records written since the last call; returns how many are new."""
+        async with self._lock:
+            now = time.time()
+            if not self.loaded:
+                floor_ts = now - self.window_s
+                query = sa.select(sa.func.min(u.c.id)).where(u.c.ts >= floor_ts)
+                async with self.engine.connect() as conn:
+                    first = (await conn.execute(query)).scalar()
+                self._floor = (first - 1) if first is not None else 0
+                self.complete_since = floor_ts
+            else:
+                self._advance_floor(now)
+            after, added = self._floor, 0
+            while True:
+                query = sa.select(*_COLUMNS).where(u.c.id > after).order_by(u.c.id).limit(PAGE)
+                async with self.engine.connect() as conn:
+                    rows = (await conn.execute(query)).all()
+                added += self._append(rows)
+                if len(rows) < PAGE:
+                    break
+                after = rows[-1][0]
+            if not self.loaded:  # from now on, only look back a moment, not at everything
+                self._floor = self._max_id
+                self._recent.clear()
+            self._watermarks.append((now, self._max_id))
+            self.loaded = True
+            self._trim(now)
+            return added
+
+    def _advance_floor(self, now: float) -> None:
+        """Raise the floor to the largest id seen ``lookback_s`` ago: a transaction in
+        PostgreSQL may commit after one with a larger id, but not that much later."""
+        while self._watermarks and self._watermarks[0][0] <= now - self.lookback_s:
+            self._floor = max(self._floor, self._watermarks.popleft()[1])
+        if self._recent:
+            self._recent = {i for i in self._recent if i > self._floor}
+
+    def _append(self, rows: Sequence[Any]) -> int:
+        import numpy as np
+
+        fresh = [r for r in rows if r[0] not in self._recent]
+        if not fresh:
+            return 0
+        k = len(fresh)
+        self._reserve(self.n + k)
+        s = slice(self.n, self.n + k)
+        c = self._cols
+        c["id"][s] = [r[0] for r in fresh]
+        c["ts"][s] = [r[1] for r in fresh]
+        for j, name in enumerate(_STRINGS, start=2):
+            d = self.dicts[name]
+            c[name][s] = [d.code(r[j]) for r in fresh]
+        c["status"][s] = [r[7] for r in fresh]
+        c["prompt"][s] = [r[8] for r in fresh]
+        c["completion"][s] = [r[9] for r in fresh]
+        c["lat"][s] = [r[10] for r in fresh]
+        c["ttft"][s] = [-1 if r[11] is None else r[11] for r in fresh]
+        c["tps"][s] = np.array([np.nan if r[12] is None else r[12] for r in fresh])
+        self.n += k
+        ids = [r[0] for r in fresh]
+        self._max_id = max(self._max_id, *ids)
+        self._recent.update(ids)
+        return k
+
+    def _reserve(self, size: int) -> None:
+        import numpy as np
+
+        capacity = len(self._cols["id"])
+        if size <= capacity:
+            return
+        new = max(size, capacity * 2, 1024)
+        for name, arr in self._cols.items():
+            grown = np.empty(new, arr.dtype)
+            grown[: self.n] = arr[: self.n]
+            self._cols[name] = grown
+
+    def _trim(self, now: float) -> None:
+        """Forget records older than the window (retention deletes them from the store too)."""
+        import numpy as np
+
+        floor = now - self.window_s
+        ts = self.col("ts")
+        old = ts < floor
+        if self.n and old.any():
+            keep = np.flatnonzero(~old)
+            for name, arr in self._cols.items():
+                kept = arr[keep]
+                arr[: len(kept)] = kept
+                self._cols[name] = arr
+            self.n = len(keep)
+        self.complete_since = max(self.complete_since, floor)
+
+    def covers(self, since: float) -> bool:
+        """Whether every record from ``since`` on is held here."""
+        return self.loaded and since >= self.complete_since
+
+    # ---------------------------------------------------------------- queries
+
+    def error_counts(self, since: float, until: float) -> list[tuple[str | None, int, int]]:
+        """(error type, status, count) of the error answers in [since, until)."""
+        import numpy as np
+
+        ts, status = self.col("ts"), self.col("status")
+        sel = np.flatnonzero((ts >= since) & (ts < until) & (status >= 400))
+        if not sel.size:
+            return []
+        pairs = self.col("error")[sel].astype(np.int64) * 1000 + status[sel]
+        values, counts = np.unique(pairs, return_counts=True)
+        names = self.dicts["error"].values
+        return [
+            (names[v // 1000], int(v % 1000), int(n)) for v, n in zip(values, counts, strict=True)
+        ]
+
+    def aggregate(
+        self,
+        since: float,
+        until: float,
+        keys: tuple[str, ...],
+        *,
+        user: str | None = None,
+        key_id: str | None = None,
+        bucket_s: int | None = None,
+    ) -> list[Group]:
+        """Measures per distinct value of ``keys`` (column names, or "start" for the time
+        bucket of ``bucket_s`` seconds) over [since, until), optionally one user or key."""
+        import numpy as np
+
+        from llm_gateway.stats import QUANTILES, bucket_middle_ms
+
+        ts = self.col("ts")
+        mask = (ts >= since) & (ts < until)
+        for name, value in (("user", user), ("key", key_id)):
+            if value is not None:
+                code = self.dicts[name].codes.get(value)
+                if code is None:
+                    return []
+                mask &= self.col(name) == code
+        sel = np.flatnonzero(mask)
+        if not sel.size:
+            return []
+        codes, sizes, base = [], [], 0
+        for name in keys:
+            if name == "start":
+                assert bucket_s is not None
+                starts = (np.floor(ts[sel] / bucket_s)).astype(np.int64)
+                base = int(starts.min())
+                codes.append(starts - base)
+                sizes.append(int(starts.max()) - base + 1)
+            else:
+                codes.append(self.col(name)[sel].astype(np.int64))
+                sizes.append(len(self.dicts[name].values))
+        combined = np.ravel_multi_index(codes, sizes) if codes else np.zeros(sel.size, np.int64)
+        space = int(np.prod(sizes)) if sizes else 1
+        if space <= 4_000_000:  # dense: no sort
+            present = np.bincount(combined, minlength=space) > 0
+            groups = np.flatnonzero(present)
+            inv = (np.cumsum(present) - 1)[combined]
+        else:
+            groups, inv = np.unique(combined, return_inverse=True)
+        g = len(groups)
+        status = self.col("status")[sel]
+        tps = self.col("tps")[sel]
+        known = ~np.isnan(tps)
+        requests = np.bincount(inv, minlength=g)
+        prompt = np.bincount(inv, weights=self.col("prompt")[sel], minlength=g)
+        completion = np.bincount(inv, weights=self.col("completion")[sel], minlength=g)
+        errors = np.bincount(inv, weights=status >= 400, minlength=g)
+        tps_sum = np.bincount(inv[known], weights=tps[known], minlength=g)
+        tps_n = np.bincount(inv[known], minlength=g)
+
+        def quantiles(buckets: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+            valid = buckets >= 0
+            b = np.clip(buckets[valid].astype(np.int64), 0, N_BUCKETS - 1)
+            hist = np.bincount(inv[valid] * N_BUCKETS + b, minlength=g * N_BUCKETS)
+            cum = hist.reshape(g, N_BUCKETS).cumsum(axis=1)
+            total = cum[:, -1]
+            out = np.full((g, len(QUANTILES)), np.nan)
+            has = total > 0
+            for j, q in enumerate(QUANTILES):
+                rank = np.maximum(1, np.ceil(q * total))
+                idx = (cum >= rank[:, None]).argmax(axis=1)
+                out[has, j] = bucket_middle_ms(idx[has])
+            return out
+
+        lat = quantiles(self.col("lat")[sel])
+        ttft = quantiles(self.col("ttft")[sel])
+        parts = np.unravel_index(groups, sizes) if codes else ()
+        result = []
+        for i in range(g):
+            key: list[str | int | None] = []
+            for name, part in zip(keys, parts, strict=True):
+                code = int(part[i])
+                if name == "start":
+                    key.append((code + base) * (bucket_s or 1))
+                else:
+                    key.append(self.dicts[name].values[code])
+            result.append(
+                Group(
+                    key=tuple(key),
+                    requests=int(requests[i]),
+                    prompt_tokens=int(prompt[i]),
+                    completion_tokens=int(completion[i]),
+                    errors=int(errors[i]),
+                    tps_sum=float(tps_sum[i]),
+                    tps_n=int(tps_n[i]),
+                    latency=lat[i],
+                    ttft=ttft[i],
+                )
+            )
+        return result
