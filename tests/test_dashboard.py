@@ -54,9 +54,7 @@ def _text(driver: webdriver.Chrome, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
 
-def test_dashboard_shows_usage_from_both_protocols(
-    gateway: str, browser: webdriver.Chrome
-) -> None:
+def test_dashboard_shows_usage_from_both_protocols(gateway: str, browser: webdriver.Chrome) -> None:
     with httpx.Client(base_url=gateway, headers=AUTH) as c:
         user = c.post("/api/keys", json={"name": "browser-test", "owner": "carol"}).json()
         carol = {"Authorization": f"Bearer {user['key']}"}
