@@ -45,11 +45,12 @@ def test_models_file_with_aliases(tmp_path: Path) -> None:
 
 
 def test_global_quantize_setting_wins(tmp_path: Path) -> None:
+    from llm_gateway.backends.upstream_config import HttpPool
     from llm_gateway.models import build_backend
 
     spec = load_specs(Settings(data_dir=tmp_path))[0]
     assert spec.quantize == "q8_0"
-    backend = build_backend(spec, Settings(data_dir=tmp_path, quantize="none"))
+    backend = build_backend(spec, Settings(data_dir=tmp_path, quantize="none"), HttpPool())
     assert backend.options.quantize == "none"  # type: ignore[attr-defined]
 
 

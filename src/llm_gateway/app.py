@@ -27,6 +27,7 @@ from llm_gateway.api.limits import BodyLimit
 from llm_gateway.api.ollama import routes as ollama_routes
 from llm_gateway.api.openai import routes as openai_routes
 from llm_gateway.auth import ALLOWLIST, Authenticator, AuthMiddleware, JwtVerifier
+from llm_gateway.backends.upstream_config import HttpPool
 from llm_gateway.errors import GatewayError
 from llm_gateway.jwt_secret import ensure_jwt_secret
 from llm_gateway.keys import KeyStore, ensure_admin_key
@@ -76,7 +77,8 @@ async def open_store(state: GatewayState) -> None:
         observers.append(log_requests)
     columns = None
     if settings.stats_memory_days > 0:
-        columns = UsageColumns(state.database, window_s=settings.stats_memory_days * 86_400)
+        days = min(settings.stats_memory_days, settings.usage_retention_days or float("inf"))
+        columns = UsageColumns(state.database, window_s=days * 86_400)
     state.recorder = UsageRecorder(
         state.database,
         flush_interval_s=settings.usage_flush_interval_s,
@@ -146,7 +148,8 @@ async def _start_backend(entry: ModelEntry) -> None:
 
 
 def create_app(settings: Settings) -> Starlette:
-    registry = build_registry(settings)
+    pool = HttpPool()
+    registry = build_registry(settings, pool)
     defaults = Limits(
         requests_per_minute=settings.requests_per_minute,
         tokens_per_minute=settings.tokens_per_minute,
@@ -185,6 +188,7 @@ def create_app(settings: Settings) -> Starlette:
                 await loading
             for entry in registry:
                 await entry.backend.stop()
+            await pool.close()
             flusher.cancel()
             if retention is not None:
                 retention.cancel()

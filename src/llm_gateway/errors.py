@@ -10,7 +10,9 @@
     ├── PayloadTooLarge            413     invalid_request_error
     ├── Overloaded                 429/503 rate_limit_error / server_overloaded (Retry-After)
     ├── NotReady                   503     service_unavailable
-    └── BackendError               500     server_error
+    ├── BackendError               500     server_error
+    ├── UpstreamError              502     upstream_error
+    └── UpstreamUnavailable        503     service_unavailable (Retry-After)
 
 Each error knows its HTTP status, an OpenAI-style `type`, an optional `code`
 and `param`, and any extra response headers. Converters never build error
@@ -127,3 +129,20 @@ class NotReady(GatewayError):
 class BackendError(GatewayError):
     status = 500
     type = "server_error"
+
+
+class UpstreamError(GatewayError):
+    """An upstream inference server failed or answered with an error."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamUnavailable(GatewayError):
+    """No replica of the model can take the request (all down, open or full)."""
+
+    status = 503
+    type = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})

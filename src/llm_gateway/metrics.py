@@ -152,8 +152,9 @@ class GatewayMetrics:
                 self.errors.labels(route, model, kind).inc()
                 if rec.status == 429:
                     self.rate_limited.labels(route, model).inc()
-                if (rec.backend is not None and rec.status >= 500) or rec.status == 0:
-                    self.backend_errors.labels(model, rec.backend or "", kind).inc()
+                if rec.backend is not None and (rec.status >= 500 or rec.status < 400):
+                    # the backend failed: before the answer (5xx) or in band, mid-stream
+                    self.backend_errors.labels(model, rec.backend, kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -28,6 +28,7 @@ import msgspec
 import yaml
 
 from llm_gateway.backends.base import Backend
+from llm_gateway.backends.upstream_config import HttpPool, Timeouts, UpstreamSpec
 from llm_gateway.errors import ModelNotFound
 from llm_gateway.ratelimit import NO_LIMITS, Limits
 from llm_gateway.settings import Quantization, Settings
@@ -55,10 +56,26 @@ class _FileLimits(msgspec.Struct, forbid_unknown_fields=True):
         return Limits(self.requests_per_minute, self.tokens_per_minute, self.concurrent_requests)
 
 
+class _FileTimeouts(msgspec.Struct, forbid_unknown_fields=True):
+    connect: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    first_byte: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    total: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+
+
 class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    backend: Literal["engine", "dummy"] = "engine"
+    backend: Literal["engine", "dummy", "openai", "ollama"] = "engine"
     path: str | None = None
+    # upstream backends (openai, ollama)
+    url: str | None = None
+    urls: list[str] = []
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    timeouts: _FileTimeouts | None = None
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 256
+    weights: list[Annotated[float, msgspec.Meta(gt=0)]] = []
+    retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    fallbacks: list[str] = []
     aliases: list[str] = []
     ctx_size: int | None = None
     max_sequences: int | None = None
@@ -76,13 +93,16 @@ class _ModelsFile(msgspec.Struct, forbid_unknown_fields=True):
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    backend: Literal["engine", "dummy"]
+    backend: Literal["engine", "dummy", "openai", "ollama"]
     path: Path | None = None
     aliases: tuple[str, ...] = ()
     overrides: dict[str, int] = field(default_factory=dict)
     quantize: Quantization | None = None
     limits: Limits = NO_LIMITS
     """Per-key limits for this model; requests to it are counted in their own window."""
+    upstream: UpstreamSpec | None = None
+    fallbacks: tuple[str, ...] = ()
+    """Models tried in turn when this one fails before its first token."""
 
 
 def builtin_model_path() -> Path:
@@ -160,10 +180,39 @@ def _specs_from_file(config: Path) -> list[ModelSpec]:
                 aliases=tuple(m.aliases),
                 overrides=overrides,
                 quantize=quantize,
+                upstream=_upstream(m, config),
+                fallbacks=tuple(m.fallbacks),
                 limits=m.limits.to_limits() if m.limits is not None else NO_LIMITS,
             )
         )
     return specs
+
+
+def _upstream(m: _FileModel, config: Path) -> UpstreamSpec | None:
+    """The upstream part of a models-file entry (openai and ollama backends)."""
+    if m.backend not in ("openai", "ollama"):
+        if m.url or m.urls:
+            raise ConfigError(f"model '{m.name}': url/urls are for openai and ollama backends")
+        return None
+    urls = ([m.url] if m.url else []) + list(m.urls)
+    if not urls:
+        raise ConfigError(f"model '{m.name}' in {config}: an {m.backend} backend needs url or urls")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"model '{m.name}': '{url}' is not an http(s) URL")
+    if m.weights and len(m.weights) != len(urls):
+        raise ConfigError(f"model '{m.name}': {len(m.weights)} weights for {len(urls)} urls")
+    t = m.timeouts or _FileTimeouts()
+    return UpstreamSpec(
+        kind=m.backend,
+        urls=tuple(urls),
+        model=m.upstream_model or m.name,
+        api_key_env=m.api_key_env,
+        timeouts=Timeouts(t.connect, t.first_byte, t.total),
+        max_concurrency=m.max_concurrency,
+        weights=tuple(m.weights),
+        retries=m.retries,
+    )
 
 
 @dataclass
@@ -211,7 +260,11 @@ class Registry:
         return all(e.backend.ready for e in self._entries)
 
 
-def build_backend(spec: ModelSpec, settings: Settings) -> Backend:
+def build_backend(spec: ModelSpec, settings: Settings, pool: HttpPool) -> Backend:
+    if spec.upstream is not None:
+        from llm_gateway.backends.upstream import UpstreamBackend
+
+        return UpstreamBackend(spec.name, spec.upstream, pool)
     if spec.backend == "dummy":
         from llm_gateway.backends.dummy import DummyBackend
 
@@ -234,7 +287,11 @@ def build_backend(spec: ModelSpec, settings: Settings) -> Backend:
     return EngineBackend(spec.name, spec.path, options)
 
 
-def build_registry(settings: Settings) -> Registry:
-    return Registry(
-        [ModelEntry(spec, build_backend(spec, settings)) for spec in load_specs(settings)]
-    )
+def build_registry(settings: Settings, pool: HttpPool) -> Registry:
+    specs = load_specs(settings)
+    names = {n.lower() for s in specs for n in (s.name, *s.aliases)}
+    for spec in specs:
+        for fallback in spec.fallbacks:
+            if fallback.lower() not in names:
+                raise ConfigError(f"model '{spec.name}': fallback '{fallback}' is not a model")
+    return Registry([ModelEntry(spec, build_backend(spec, settings, pool)) for spec in specs])

@@ -49,6 +49,7 @@ def run(settings: Settings) -> int:
         lifespan="on",
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's lines go through our handlers and format (logs.py)
         timeout_graceful_shutdown=30,
     )
     server = GatewayServer(config, state)

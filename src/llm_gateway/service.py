@@ -10,16 +10,25 @@ the generation closes, however it ends.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
 
 from llm_gateway.auth import Principal
-from llm_gateway.errors import BackendError, Forbidden, Overloaded
+from llm_gateway.errors import (
+    BackendError,
+    Forbidden,
+    Overloaded,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from llm_gateway.models import ModelEntry, Registry
 from llm_gateway.ratelimit import Decision, Limits, RateLimiter
 from llm_gateway.types import Chunk, GenerationRequest, Usage
 from llm_gateway.usage import UsageRecord
+
+log = logging.getLogger(__name__)
 
 
 class Generation:
@@ -134,21 +143,52 @@ class InferenceService:
             record.backend = entry.spec.backend
         _check_model_allowed(principal, entry, request.model)
         admission = await self._admit(request, principal, entry)
-        stream = entry.backend.stream(request)
         try:
-            first = await anext(stream)
-        except BaseException as exc:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            entry, stream, first = await self._first_chunk(entry, request, principal, record)
+        except BaseException:
             if admission is not None:
                 admission.settle(0)  # nothing was generated
-            if isinstance(exc, StopAsyncIteration):
-                raise BackendError(f"model '{entry.name}' returned no output") from None
             raise
         if record is not None:
             record.first_token = time.perf_counter()
         return Generation(entry, first, stream, admission, record)
+
+    async def _first_chunk(
+        self,
+        entry: ModelEntry,
+        request: GenerationRequest,
+        principal: Principal,
+        record: UsageRecord | None,
+    ) -> tuple[ModelEntry, AsyncIterator[Chunk], Chunk]:
+        """Start the stream and take its first chunk; when that fails with an
+        upstream error, try the model's fallbacks in turn."""
+        chain = [entry]
+        for name in entry.spec.fallbacks:
+            fallback = self.registry.resolve(name)
+            if _allowed(principal, fallback) and fallback not in chain:
+                chain.append(fallback)
+        for i, current in enumerate(chain):
+            if record is not None:
+                record.backend = current.spec.backend
+            stream = current.backend.stream(request)
+            try:
+                return current, stream, await anext(stream)
+            except BaseException as exc:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                if isinstance(exc, StopAsyncIteration):
+                    raise BackendError(f"model '{current.name}' returned no output") from None
+                if isinstance(exc, UpstreamError | UpstreamUnavailable) and i + 1 < len(chain):
+                    log.warning(
+                        "model %s failed (%s); falling back to %s",
+                        current.name,
+                        exc,
+                        chain[i + 1].name,
+                    )
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     def limits_for(self, principal: Principal, entry: ModelEntry) -> tuple[str, Limits]:
         """(counter key, limits) of one caller on one model.
@@ -219,10 +259,14 @@ def _refusal(decision: Decision) -> Overloaded:
     )
 
 
-def _check_model_allowed(principal: Principal, entry: ModelEntry, asked: str) -> None:
+def _allowed(principal: Principal, entry: ModelEntry) -> bool:
     allowed = principal.allowed_models
     if allowed is None:
-        return
+        return True
     names = {n.lower() for n in (entry.name, *entry.spec.aliases)}
-    if not names & {a.lower() for a in allowed}:
+    return bool(names & {a.lower() for a in allowed})
+
+
+def _check_model_allowed(principal: Principal, entry: ModelEntry, asked: str) -> None:
+    if not _allowed(principal, entry):
         raise Forbidden(f"this key may not use model '{asked}'", param="model")

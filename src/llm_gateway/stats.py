@@ -52,7 +52,8 @@ class Scope:
         return clauses
 
 
-_ERRORS = sa.func.sum(sa.case((u.c.status >= 400, 1), else_=0))
+_FAILED = sa.or_(u.c.status >= 400, u.c.error_type.is_not(None))  # incl. mid-stream errors
+_ERRORS = sa.func.sum(sa.case((_FAILED, 1), else_=0))
 _MEASURES = (
     sa.func.count().label("requests"),
     sa.func.coalesce(sa.func.sum(u.c.prompt_tokens), 0).label("prompt_tokens"),
@@ -253,7 +254,7 @@ class UsageStats:
         else:
             rows = await self._rows(
                 sa.select(u.c.error_type, u.c.status, sa.func.count())
-                .where(*scope.where(), u.c.status >= 400)
+                .where(*scope.where(), _FAILED)
                 .group_by(u.c.error_type, u.c.status)
             )
             found = [(r[0], int(r[1]), int(r[2])) for r in rows]

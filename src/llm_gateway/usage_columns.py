@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 LOOKBACK_S = 2.0
 PAGE = 100_000
-N_BUCKETS = 512  # latency buckets: 1.05 ** 511 us is ~7 days, more than any request
+N_BUCKETS = 600  # latency buckets: 1.05 ** 599 us is ~180 days; longer ones are clipped
 _STRINGS = ("user", "key", "model", "endpoint", "error")
 _NUMBERS: dict[str, str] = {
     "id": "int64",
@@ -261,8 +261,8 @@ class UsageColumns:
         """(error type, status, count) of the error answers in [since, until)."""
         import numpy as np
 
-        ts, status = self.col("ts"), self.col("status")
-        sel = np.flatnonzero((ts >= since) & (ts < until) & (status >= 400))
+        ts, status, error = self.col("ts"), self.col("status"), self.col("error")
+        sel = np.flatnonzero((ts >= since) & (ts < until) & ((status >= 400) | (error != 0)))
         if not sel.size:
             return []
         pairs = self.col("error")[sel].astype(np.int64) * 1000 + status[sel]
@@ -325,7 +325,8 @@ class UsageColumns:
         requests = np.bincount(inv, minlength=g)
         prompt = np.bincount(inv, weights=self.col("prompt")[sel], minlength=g)
         completion = np.bincount(inv, weights=self.col("completion")[sel], minlength=g)
-        errors = np.bincount(inv, weights=status >= 400, minlength=g)
+        failed = (status >= 400) | (self.col("error")[sel] != 0)  # incl. mid-stream errors
+        errors = np.bincount(inv, weights=failed, minlength=g)
         tps_sum = np.bincount(inv[known], weights=tps[known], minlength=g)
         tps_n = np.bincount(inv[known], minlength=g)
 

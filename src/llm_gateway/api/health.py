@@ -51,6 +51,7 @@ async def health(request: Request) -> Response:
     body = {
         "status": status,
         "rate_limits": limits,
+        "usage_log": state.recorder.health() if state.recorder is not None else None,
         "version": __version__,
         "uptime_s": round(time.time() - state.started_at, 3),
         "models": models,

@@ -46,7 +46,7 @@ usage_records = sa.Table(
     sa.Column("tokens_per_s", sa.Double, nullable=True),
     sa.Column("error_type", sa.String(64), nullable=True),
     sa.Column("client", sa.String(64), nullable=True),
-    # ceil(log_1.1(ms)): percentiles come from GROUP BY counts (usage.latency_bucket)
+    # ceil(log_1.05(microseconds)): percentiles from bucket counts (usage.latency_bucket)
     sa.Column("latency_bucket", sa.SmallInteger, nullable=False),
     sa.Column("ttft_bucket", sa.SmallInteger, nullable=True),
     sa.Index("ix_usage_ts", "ts"),

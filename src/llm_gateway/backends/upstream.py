@@ -1,0 +1,353 @@
+"""Upstream inference servers as backends: OpenAI-compatible or Ollama, one or more replicas.
+
+Each request goes to the replica with the fewest outstanding requests per unit
+of weight, skipping replicas whose circuit breaker is open or that are full
+(``max_concurrency``). Connect errors, timeouts before the first byte, 429 and
+5xx are retried on the next best replica, with a short backoff, up to
+``retries`` times, and only before the first chunk has reached the client;
+after that, a failure ends the stream with one in-band error. Other 4xx are
+the caller's problem and are passed on at once.
+
+Each replica has a circuit breaker: ``BREAKER_FAILURES`` consecutive failures
+open it for ``BREAKER_COOLDOWN_S``; then one request (or the active health
+check) is let through half-open, and its success closes the breaker. An active
+health check (GET ``/models`` or ``/api/tags``) runs every
+``HEALTH_INTERVAL_S`` and at start-up; ``/health`` shows every replica.
+
+All replicas share the app's one pooled aiohttp session (``HttpPool``).
+Closing the chunk iterator (client gone) closes the upstream response, which
+aborts the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from llm_gateway.backends.base import ModelDetails
+from llm_gateway.backends.upstream_config import HttpPool, UpstreamSpec
+from llm_gateway.backends.wire import (
+    UpstreamStreamError,
+    ollama_line,
+    ollama_request,
+    openai_event,
+    openai_request,
+)
+from llm_gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
+from llm_gateway.types import Chunk, GenerationRequest, Usage
+
+log = logging.getLogger(__name__)
+
+BREAKER_FAILURES = 3
+BREAKER_COOLDOWN_S = 5.0
+HEALTH_INTERVAL_S = 10.0
+BACKOFF_S = 0.05
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class Replica:
+    """One upstream URL: load, breaker and health."""
+
+    def __init__(self, url: str, weight: float) -> None:
+        self.url = url.rstrip("/")
+        self.weight = weight if weight > 0 else 1.0
+        self.outstanding = 0
+        self.failures = 0  # consecutive
+        self.opened_at: float | None = None  # breaker open since
+        self.probing = False  # a half-open trial is in flight
+        self.healthy: bool | None = None  # last active check; None before the first
+        self.last_error: str | None = None
+
+    def state(self, now: float) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if now - self.opened_at >= BREAKER_COOLDOWN_S else "open"
+
+    def usable(self, now: float, max_concurrency: int) -> bool:
+        if self.outstanding >= max_concurrency:
+            return False
+        state = self.state(now)
+        return state == "closed" or (state == "half_open" and not self.probing)
+
+    def succeeded(self) -> None:
+        if self.opened_at is not None:
+            log.info("upstream %s recovered; circuit closed", self.url)
+        self.failures = 0
+        self.opened_at = None
+        self.probing = False
+        self.last_error = None
+
+    def failed(self, why: str, now: float) -> None:
+        self.failures += 1
+        self.last_error = why
+        self.probing = False
+        if self.opened_at is not None or self.failures >= BREAKER_FAILURES:
+            if self.opened_at is None:
+                log.warning("upstream %s failing (%s); circuit open", self.url, why)
+            self.opened_at = now
+
+    def health(self, now: float) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "circuit": self.state(now),
+            "outstanding": self.outstanding,
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+
+class _Retryable(Exception):
+    """A failure before the first byte that another try may fix."""
+
+
+class UpstreamBackend:
+    """A model served by upstream replicas; see the module docstring."""
+
+    def __init__(self, name: str, spec: UpstreamSpec, pool: HttpPool) -> None:
+        self.name = name
+        self.spec = spec
+        self.pool = pool
+        weights = spec.weights or (1.0,) * len(spec.urls)
+        self.replicas = [Replica(u, w) for u, w in zip(spec.urls, weights, strict=True)]
+        self._health_task: asyncio.Task[None] | None = None
+        self._started = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await self.check_health()
+        self._started = True
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+
+    @property
+    def ready(self) -> bool:
+        now = time.monotonic()
+        return self._started and any(
+            r.healthy is not False and r.state(now) != "open" for r in self.replicas
+        )
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "status": "ok" if self.ready else "failed" if self._started else "loading",
+            "backend": self.spec.kind,
+            "upstream_model": self.spec.model,
+            "replicas": [r.health(now) for r in self.replicas],
+        }
+
+    def details(self) -> ModelDetails:
+        return ModelDetails(family=self.spec.kind, format="upstream")
+
+    # ---------------------------------------------------------------- health checks
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            with contextlib.suppress(Exception):
+                await self.check_health()
+
+    async def check_health(self) -> None:
+        await asyncio.gather(*(self._check(r) for r in self.replicas))
+
+    async def _check(self, replica: Replica) -> None:
+        path = "/models" if self.spec.kind == "openai" else "/api/tags"
+        timeout = aiohttp.ClientTimeout(total=self.spec.timeouts.connect_s + 2)
+        try:
+            async with self.pool.session.get(
+                replica.url + path, headers=self._headers(), timeout=timeout
+            ) as resp:
+                ok = resp.status < 500
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            ok, replica.last_error = False, f"health check: {type(exc).__name__}: {exc}"
+        replica.healthy = ok
+        if ok and replica.state(time.monotonic()) == "half_open":
+            replica.succeeded()  # the probe is the half-open trial
+
+    # ---------------------------------------------------------------- requests
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream" if self.spec.kind == "openai" else "*/*"}
+        if self.spec.api_key_env:
+            key = os.environ.get(self.spec.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _pick(self, tried: set[int]) -> Replica | None:
+        """Least outstanding per weight among usable replicas, untried ones first."""
+        now = time.monotonic()
+        usable = [
+            (i, r)
+            for i, r in enumerate(self.replicas)
+            if r.usable(now, self.spec.max_concurrency) and r.healthy is not False
+        ]
+        if not usable:  # health checks can lag: fall back to any closed breaker
+            usable = [
+                (i, r)
+                for i, r in enumerate(self.replicas)
+                if r.usable(now, self.spec.max_concurrency)
+            ]
+        fresh = [(i, r) for i, r in usable if i not in tried] or usable
+        if not fresh:
+            return None
+        i, best = min(fresh, key=lambda x: (x[1].outstanding / x[1].weight, x[0]))
+        tried.add(i)
+        if best.state(now) == "half_open":
+            best.probing = True
+        return best
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        tried: set[int] = set()
+        last: str = "no replica available"
+        attempts = self.spec.retries + 1
+        for attempt in range(attempts):
+            replica = self._pick(tried)
+            if replica is None:
+                break
+            replica.outstanding += 1
+            started = False
+            try:
+                async for chunk in self._attempt(replica, request):
+                    started = True
+                    yield chunk
+                replica.succeeded()
+                return
+            except _Retryable as exc:
+                last = str(exc)
+                replica.failed(last, time.monotonic())
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(BACKOFF_S * (2**attempt))
+                continue
+            except (aiohttp.ClientError, TimeoutError, OSError, UpstreamStreamError) as exc:
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                replica.failed(why, time.monotonic())
+                if started:  # the client has text already: end it in band
+                    raise UpstreamError(f"upstream failed mid-stream ({why})") from exc
+                last = why  # nothing reached the client yet: another try is safe
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(BACKOFF_S * (2**attempt))
+            finally:
+                replica.outstanding -= 1
+                replica.probing = False
+        if not any(r.state(time.monotonic()) != "open" for r in self.replicas):
+            raise UpstreamUnavailable(
+                f"model '{self.name}': every upstream is failing ({last})",
+                retry_after=int(BREAKER_COOLDOWN_S),
+            )
+        raise UpstreamError(f"model '{self.name}': upstream failed after retries ({last})")
+
+    async def _attempt(self, replica: Replica, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        build = openai_request if self.spec.kind == "openai" else ollama_request
+        parse: Callable[[bytes], Chunk | None] = (
+            _sse_data if self.spec.kind == "openai" else ollama_line
+        )
+        path, body = build(request, self.spec.model)
+        t = self.spec.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s)
+        deadline = asyncio.get_running_loop().time() + t.total_s
+        try:
+            async with asyncio.timeout(t.first_byte_s):
+                resp = await self.pool.session.post(
+                    replica.url + path,
+                    data=orjson.dumps(body),
+                    headers={**self._headers(), "Content-Type": "application/json"},
+                    timeout=timeout,
+                )
+        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        async with resp:
+            if resp.status >= 400:
+                raise await _status_error(resp)
+            async with asyncio.timeout_at(deadline):
+                async for chunk in _merged(_lines(resp, t.first_byte_s), parse):
+                    yield chunk
+
+
+async def _merged(
+    lines: AsyncIterator[bytes], parse: Callable[[bytes], Chunk | None]
+) -> AsyncIterator[Chunk]:
+    """Chunks with the finish reason and the usage in one last chunk.
+
+    OpenAI-compatible servers send usage in an event of its own after the one
+    with finish_reason; the routes end a reply at the first chunk that has a
+    finish reason, so the two are joined here. A server that sends no usage
+    gets the count of content chunks as its completion tokens.
+    """
+    finish: Chunk | None = None
+    usage: Usage | None = None
+    pieces = 0
+    async for raw in lines:
+        chunk = parse(raw)
+        if chunk is None:
+            continue
+        usage = chunk.usage or usage
+        if finish is None and chunk.finish_reason is None:
+            if chunk.text:
+                pieces += 1
+                yield chunk
+            continue
+        if finish is None:
+            finish = chunk
+            if chunk.text:
+                pieces += 1
+    if finish is None:
+        raise UpstreamStreamError("the upstream closed the stream before it finished")
+    yield Chunk(
+        text=finish.text,
+        finish_reason=finish.finish_reason,
+        usage=usage or Usage(completion_tokens=pieces),
+    )
+
+
+async def _lines(resp: aiohttp.ClientResponse, first_byte_s: float) -> AsyncIterator[bytes]:
+    """Non-empty lines of the body; the first one must arrive within first_byte_s."""
+    content = resp.content
+    try:
+        async with asyncio.timeout(first_byte_s):
+            line = await content.readline()
+    except TimeoutError as exc:
+        raise _Retryable(f"no first byte within {first_byte_s:g} s") from exc
+    while line:
+        line = line.strip()
+        if line:
+            yield line
+        line = await content.readline()
+
+
+def _sse_data(line: bytes) -> Chunk | None:
+    if not line.startswith(b"data:"):
+        return None  # comments, event names, ids
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return None
+    return openai_event(data)
+
+
+async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
+    """The exception for an upstream error status: retryable, the caller's, or a 502."""
+    text = (await resp.text(errors="replace"))[:500]
+    message = text
+    with contextlib.suppress(ValueError):
+        obj = orjson.loads(text)
+        err = obj.get("error") if isinstance(obj, dict) else None
+        message = err.get("message", text) if isinstance(err, dict) else str(err or text)
+    if resp.status in RETRYABLE_STATUS:
+        return _Retryable(f"HTTP {resp.status}: {message}")
+    if resp.status in (400, 413, 422):
+        return InvalidRequest(f"upstream rejected the request: {message}")
+    return UpstreamError(f"upstream answered HTTP {resp.status}: {message}")

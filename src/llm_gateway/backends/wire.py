@@ -1,0 +1,146 @@
+"""Pure converters between the internal request/chunk model and upstream wire formats.
+
+OpenAI-compatible upstreams (vLLM, llama.cpp's server, OpenAI, another
+gateway) get ``/chat/completions`` or ``/completions`` bodies and answer in
+server-sent events; Ollama upstreams get ``/api/chat`` or ``/api/generate``
+bodies and answer in JSON lines. The gateway always asks upstreams to
+stream, and translates chunk by chunk whatever the client's protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from llm_gateway.types import Chunk, FinishReason, GenerationRequest, Usage
+
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "stop"}
+
+
+def _finish(reason: Any) -> FinishReason:
+    return _FINISH.get(str(reason), "stop")
+
+
+# ----------------------------------------------------------------------------- OpenAI
+
+
+def openai_request(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+    """(path under the base URL, JSON body) for an OpenAI-compatible upstream."""
+    s = request.sampling
+    body: dict[str, Any] = {"model": model, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    if request.messages is not None:
+        path = "/chat/completions"
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+    else:
+        path = "/completions"
+        body["prompt"] = request.prompt or ""
+    optional = {
+        "max_tokens": request.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "seed": s.seed,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "stop": request.stop or None,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if request.json_format is not None and path == "/chat/completions":
+        schema = request.json_format.schema
+        body["response_format"] = (
+            {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+            if schema is not None
+            else {"type": "json_object"}
+        )
+    return path, body
+
+
+def openai_event(data: bytes) -> Chunk | None:
+    """One SSE ``data:`` payload as a chunk; None for events that carry nothing."""
+    event = orjson.loads(data)
+    if not isinstance(event, dict):
+        return None
+    if "error" in event:
+        error = event["error"]
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise UpstreamStreamError(f"upstream error: {message}")
+    usage = None
+    if isinstance(event.get("usage"), dict):
+        u = event["usage"]
+        usage = Usage(
+            prompt_tokens=int(u.get("prompt_tokens") or 0),
+            completion_tokens=int(u.get("completion_tokens") or 0),
+        )
+    choices = event.get("choices") or []
+    if not choices:
+        return Chunk(text="", usage=usage) if usage is not None else None
+    choice = choices[0]
+    delta = choice.get("delta")
+    text = (delta.get("content") or "") if isinstance(delta, dict) else (choice.get("text") or "")
+    reason = choice.get("finish_reason")
+    return Chunk(text=text, finish_reason=_finish(reason) if reason else None, usage=usage)
+
+
+# ----------------------------------------------------------------------------- Ollama
+
+
+def ollama_request(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+    """(path, JSON body) for an Ollama upstream."""
+    s = request.sampling
+    options = {
+        "num_predict": request.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "seed": s.seed,
+        "repeat_penalty": s.repeat_penalty,
+        "repeat_last_n": s.repeat_last_n,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "stop": request.stop or None,
+        "num_ctx": request.num_ctx,
+    }
+    body: dict[str, Any] = {
+        "model": model,
+        "stream": True,
+        "options": {k: v for k, v in options.items() if v is not None},
+    }
+    if request.json_format is not None:
+        body["format"] = request.json_format.schema or "json"
+    if request.messages is not None:
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        return "/api/chat", body
+    body["prompt"] = request.prompt or ""
+    if request.raw:
+        body["raw"] = True
+    return "/api/generate", body
+
+
+def ollama_line(line: bytes) -> Chunk | None:
+    """One JSON line of an Ollama stream as a chunk."""
+    obj = orjson.loads(line)
+    if not isinstance(obj, dict):
+        return None
+    if "error" in obj:
+        raise UpstreamStreamError(f"upstream error: {obj['error']}")
+    message = obj.get("message")
+    text = message.get("content", "") if isinstance(message, dict) else obj.get("response", "")
+    if not obj.get("done"):
+        return Chunk(text=text or "")
+    usage = Usage(
+        prompt_tokens=int(obj.get("prompt_eval_count") or 0),
+        completion_tokens=int(obj.get("eval_count") or 0),
+        prompt_ns=int(obj.get("prompt_eval_duration") or 0),
+        eval_ns=int(obj.get("eval_duration") or 0),
+        load_ns=int(obj.get("load_duration") or 0),
+        total_ns=int(obj.get("total_duration") or 0),
+    )
+    return Chunk(text=text or "", finish_reason=_finish(obj.get("done_reason")), usage=usage)
+
+
+class UpstreamStreamError(Exception):
+    """The upstream reported an error inside its stream."""
+
+    type = "upstream_error"

@@ -1,0 +1,180 @@
+"""Small OpenAI- and Ollama-shaped upstream servers for tests, able to fail on cue.
+
+Each runs a real aiohttp server on 127.0.0.1 in its own thread. It answers by
+echoing the last user message one word per chunk (so tests know the text),
+and obeys a ``Cue``: fail the next requests with given statuses, die after N
+chunks, wait before answering. It records every request it saw and whether a
+stream was cut off by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Cue:
+    fail: list[int] = field(default_factory=list)  # statuses for the next requests
+    die_after: int | None = None  # drop the connection after this many chunks
+    delay_s: float = 0.0  # before the first byte
+    chunk_delay_s: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: int = 0  # streams the client cut off
+
+
+def _words(body: dict[str, Any]) -> list[str]:
+    if "messages" in body:
+        users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+        text = users[-1] if users else ""
+    else:
+        text = body.get("prompt", "")
+    return text.split() or ["ok"]
+
+
+class _Server:
+    def __init__(self, kind: Literal["openai", "ollama"], cue: Cue) -> None:
+        self.kind = kind
+        self.cue = cue
+        self.app = web.Application()
+        if kind == "openai":
+            self.app.router.add_post("/v1/chat/completions", self.openai)
+            self.app.router.add_post("/v1/completions", self.openai)
+            self.app.router.add_get("/v1/models", self.models)
+        else:
+            self.app.router.add_post("/api/chat", self.ollama)
+            self.app.router.add_post("/api/generate", self.ollama)
+            self.app.router.add_get("/api/tags", self.models)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [], "models": []})
+
+    async def _begin(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
+        body = await request.json()
+        self.cue.requests.append({"path": request.path, "body": body, **dict(request.headers)})
+        if self.cue.fail:
+            status = self.cue.fail.pop(0)
+            err = {"error": {"message": f"cued failure {status}"}}
+            return body, web.json_response(err, status=status)
+        if self.cue.delay_s:
+            await asyncio.sleep(self.cue.delay_s)
+        return body, None
+
+    async def _stream(
+        self, request: web.Request, pieces: list[bytes], content_type: str
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        try:
+            for i, piece in enumerate(pieces):
+                if self.cue.die_after is not None and i >= self.cue.die_after:
+                    assert request.transport is not None
+                    request.transport.close()  # mid-stream death
+                    return resp
+                await resp.write(piece)
+                if self.cue.chunk_delay_s:
+                    await asyncio.sleep(self.cue.chunk_delay_s)
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.cue.cancelled += 1
+            raise
+        await resp.write_eof()
+        return resp
+
+    async def openai(self, request: web.Request) -> web.StreamResponse:
+        body, failure = await self._begin(request)
+        if failure is not None:
+            return failure
+        words = _words(body)[: body.get("max_tokens") or 10**6]
+        chat = request.path.endswith("chat/completions")
+        events = []
+        for i, w in enumerate(words):
+            text = w if i == 0 else " " + w
+            choice = (
+                {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
+            )
+            events.append({"choices": [{**choice, "finish_reason": None}]})
+        last = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
+        events.append({"choices": [{**last, "finish_reason": "stop"}]})
+        usage = {
+            "prompt_tokens": 7,
+            "completion_tokens": len(words),
+            "total_tokens": 7 + len(words),
+        }
+        events.append({"choices": [], "usage": usage})
+        pieces = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+        return await self._stream(request, pieces, "text/event-stream")
+
+    async def ollama(self, request: web.Request) -> web.StreamResponse:
+        body, failure = await self._begin(request)
+        if failure is not None:
+            return failure
+        limit = (body.get("options") or {}).get("num_predict") or 10**6
+        words = _words(body)[:limit]
+        chat = request.path == "/api/chat"
+        lines = []
+        for i, w in enumerate(words):
+            text = w if i == 0 else " " + w
+            part = (
+                {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+            )
+            lines.append({"model": body["model"], **part, "done": False})
+        end = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+        lines.append(
+            {
+                "model": body["model"],
+                **end,
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 5,
+                "eval_count": len(words),
+            }
+        )
+        pieces = [orjson.dumps(line) + b"\n" for line in lines]
+        return await self._stream(request, pieces, "application/x-ndjson")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def upstream(
+    kind: Literal["openai", "ollama"], cue: Cue | None = None
+) -> Iterator[tuple[str, Cue]]:
+    """A running upstream: (base URL as the models file wants it, its cue)."""
+    cue = cue or Cue()
+    server = _Server(kind, cue)
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(server.app, handle_signals=False)
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10), "upstream did not start"
+    base = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    try:
+        yield base, cue
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        time.sleep(0)
