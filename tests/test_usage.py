@@ -259,3 +259,24 @@ def test_usage_export_and_prune_cli(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "deleted 3 records" in pruned
+
+
+async def test_records_are_kept_while_the_store_fails_and_written_after(tmp_path: Path) -> None:
+    from llm_gateway.store.database import create_engine, migrate
+    from llm_gateway.usage import UsageRecord, UsageRecorder
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'late.db'}")  # no tables yet
+    recorder = UsageRecorder(engine, max_buffer=100)
+    try:
+        for i in range(120):
+            recorder.add(UsageRecord(time.time(), 0.0, f"r{i}", "POST", "/v1/x", None))
+        assert recorder.dropped == 20  # over the bound: counted, not silently lost
+        assert not await recorder.flush()  # the table is missing: nothing written...
+        assert recorder.buffered == 100 and not recorder.healthy  # ...and nothing lost
+        await migrate(engine)  # the store comes back
+        assert await recorder.flush()
+        assert recorder.written == 100 and recorder.buffered == 0 and recorder.healthy
+        await recorder.close()
+    finally:
+        await engine.dispose()
+    assert _count(tmp_path / "late.db") == 100

@@ -109,6 +109,11 @@ class _Server:
             "completion_tokens": len(words),
             "total_tokens": 7 + len(words),
         }
+        if body.get("stream") is False:
+            text = " ".join(words)
+            part = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            choice = {"index": 0, **part, "finish_reason": "stop"}
+            return web.json_response({"choices": [choice], "usage": usage})
         events.append({"choices": [], "usage": usage})
         pieces = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
         return await self._stream(request, pieces, "text/event-stream")
@@ -128,16 +133,21 @@ class _Server:
             )
             lines.append({"model": body["model"], **part, "done": False})
         end = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
-        lines.append(
-            {
-                "model": body["model"],
-                **end,
-                "done": True,
-                "done_reason": "stop",
-                "prompt_eval_count": 5,
-                "eval_count": len(words),
-            }
-        )
+        final = {
+            "model": body["model"],
+            **end,
+            "done": True,
+            "done_reason": "stop",
+            "prompt_eval_count": 5,
+            "eval_count": len(words),
+        }
+        if body.get("stream") is False:
+            text = " ".join(words)
+            whole = (
+                {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+            )
+            return web.json_response({**final, **whole})
+        lines.append(final)
         pieces = [orjson.dumps(line) + b"\n" for line in lines]
         return await self._stream(request, pieces, "application/x-ndjson")
 

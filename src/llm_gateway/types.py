@@ -59,6 +59,8 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     json_format: JsonFormat | None = None
     num_ctx: int | None = None
+    stream: bool = True
+    """Whether the client reads the answer as a stream (upstreams are asked the same way)."""
 
     @property
     def is_chat(self) -> bool:

@@ -37,8 +37,10 @@ from llm_gateway.backends.upstream_config import HttpPool, UpstreamSpec
 from llm_gateway.backends.wire import (
     UpstreamStreamError,
     ollama_line,
+    ollama_reply,
     ollama_request,
     openai_event,
+    openai_reply,
     openai_request,
 )
 from llm_gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
@@ -273,6 +275,15 @@ class UpstreamBackend:
         async with resp:
             if resp.status >= 400:
                 raise await _status_error(resp)
+            if not request.stream:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await resp.read()
+                except TimeoutError as exc:
+                    raise _Retryable(f"no answer within {t.total_s:g} s") from exc
+                whole = openai_reply if self.spec.kind == "openai" else ollama_reply
+                yield whole(data)
+                return
             async with asyncio.timeout_at(deadline):
                 async for chunk in _merged(_lines(resp, t.first_byte_s), parse):
                     yield chunk

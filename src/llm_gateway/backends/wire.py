@@ -3,8 +3,9 @@
 OpenAI-compatible upstreams (vLLM, llama.cpp's server, OpenAI, another
 gateway) get ``/chat/completions`` or ``/completions`` bodies and answer in
 server-sent events; Ollama upstreams get ``/api/chat`` or ``/api/generate``
-bodies and answer in JSON lines. The gateway always asks upstreams to
-stream, and translates chunk by chunk whatever the client's protocol.
+bodies and answer in JSON lines. A streaming client's request is streamed
+from the upstream and translated chunk by chunk, whatever the two protocols;
+a non-streaming one is asked for whole.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def _finish(reason: Any) -> FinishReason:
 def openai_request(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
     """(path under the base URL, JSON body) for an OpenAI-compatible upstream."""
     s = request.sampling
-    body: dict[str, Any] = {"model": model, "stream": True}
-    body["stream_options"] = {"include_usage": True}
+    body: dict[str, Any] = {"model": model, "stream": request.stream}
+    if request.stream:
+        body["stream_options"] = {"include_usage": True}
     if request.messages is not None:
         path = "/chat/completions"
         body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
@@ -82,6 +84,20 @@ def openai_event(data: bytes) -> Chunk | None:
     return Chunk(text=text, finish_reason=_finish(reason) if reason else None, usage=usage)
 
 
+def openai_reply(data: bytes) -> Chunk:
+    """A whole (non-streamed) completion as one final chunk."""
+    obj = orjson.loads(data)
+    choice = (obj.get("choices") or [{}])[0]
+    message = choice.get("message")
+    text = (message.get("content") or "") if isinstance(message, dict) else choice.get("text", "")
+    u = obj.get("usage") or {}
+    usage = Usage(
+        prompt_tokens=int(u.get("prompt_tokens") or 0),
+        completion_tokens=int(u.get("completion_tokens") or 0),
+    )
+    return Chunk(text=text or "", finish_reason=_finish(choice.get("finish_reason")), usage=usage)
+
+
 # ----------------------------------------------------------------------------- Ollama
 
 
@@ -104,7 +120,7 @@ def ollama_request(request: GenerationRequest, model: str) -> tuple[str, dict[st
     }
     body: dict[str, Any] = {
         "model": model,
-        "stream": True,
+        "stream": request.stream,
         "options": {k: v for k, v in options.items() if v is not None},
     }
     if request.json_format is not None:
@@ -138,6 +154,14 @@ def ollama_line(line: bytes) -> Chunk | None:
         total_ns=int(obj.get("total_duration") or 0),
     )
     return Chunk(text=text or "", finish_reason=_finish(obj.get("done_reason")), usage=usage)
+
+
+def ollama_reply(data: bytes) -> Chunk:
+    """A whole (non-streamed) Ollama answer as one final chunk."""
+    chunk = ollama_line(data)
+    if chunk is None or chunk.finish_reason is None:
+        raise UpstreamStreamError("the upstream's answer is not a finished Ollama reply")
+    return chunk
 
 
 class UpstreamStreamError(Exception):

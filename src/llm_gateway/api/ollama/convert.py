@@ -85,7 +85,12 @@ def from_generate_request(body: GenerateRequest) -> GenerationRequest:
             "context (the deprecated token list) is not supported; use /api/chat for conversations"
         )
     _refuse_thinking(body.think, body.model)
-    common = dict(model=body.model, json_format=_json_format(body.format), **_options(body.options))
+    common = dict(
+        model=body.model,
+        json_format=_json_format(body.format),
+        stream=body.stream is not False,
+        **_options(body.options),
+    )
     if body.raw:
         return GenerationRequest(prompt=body.prompt, raw=True, **common)
     messages = [Message(role="system", content=body.system)] if body.system else []
@@ -109,6 +114,7 @@ def from_chat_request(body: ChatRequest) -> GenerationRequest:
         model=body.model,
         messages=messages,
         json_format=_json_format(body.format),
+        stream=body.stream is not False,
         **_options(body.options),
     )
 

@@ -124,6 +124,7 @@ def from_chat_request(body: ChatCompletionRequest) -> GenerationRequest:
     return GenerationRequest(
         messages=[_message(i, m) for i, m in enumerate(body.messages)],
         json_format=_json_format(body.response_format),
+        stream=bool(body.stream),
         **common,
     )
 
@@ -147,7 +148,11 @@ def from_completion_request(body: CompletionRequest) -> GenerationRequest:
         raise InvalidRequest("only best_of=1 is supported", param="best_of")
     common = _common(body, body.max_tokens)
     return GenerationRequest(
-        prompt=prompt, raw=True, json_format=_json_format(body.response_format), **common
+        prompt=prompt,
+        raw=True,
+        json_format=_json_format(body.response_format),
+        stream=bool(body.stream),
+        **common,
     )
 
 
