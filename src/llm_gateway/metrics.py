@@ -10,6 +10,8 @@ buffer are read when ``/metrics`` is scraped.
 from __future__ import annotations
 
 import time
+from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -134,27 +136,53 @@ class GatewayMetrics:
         r.register(_LiveCollector(models, recorder))
 
     def observe(self, records: list[UsageRecord]) -> None:
-        """Count a batch of finished requests."""
+        """Count a batch of finished requests: grouped first, so that each labelled
+        series is looked up once a batch, not once a request (labels() takes a lock)."""
+        requests: Tally[tuple[str, str, str]] = Tally()
+        errors: Tally[tuple[str, str, str]] = Tally()
+        limited: Tally[tuple[str, str]] = Tally()
+        backend: Tally[tuple[str, str, str]] = Tally()
+        tokens: Tally[tuple[str, str]] = Tally()
+        latency: dict[tuple[str, str], list[float]] = defaultdict(list)
+        ttft: dict[str, list[float]] = defaultdict(list)
+        route_of = self._route_of
         for rec in records:
-            route = self._route_of(rec.endpoint)
+            route = route_of(rec.endpoint)
             model = rec.model or ""
-            self.requests.labels(route, model, str(rec.status)).inc()
-            self.latency.labels(route, model).observe(rec.latency_ms / 1000)
-            ttft = rec.ttft_ms
-            if ttft is not None:
-                self.ttft.labels(model).observe(ttft / 1000)
+            requests[route, model, str(rec.status)] += 1
+            latency[route, model].append(rec.latency_ms / 1000)
+            first = rec.ttft_ms
+            if first is not None:
+                ttft[model].append(first / 1000)
             if rec.prompt_tokens:
-                self.tokens.labels(model, "in").inc(rec.prompt_tokens)
+                tokens[model, "in"] += rec.prompt_tokens
             if rec.completion_tokens:
-                self.tokens.labels(model, "out").inc(rec.completion_tokens)
+                tokens[model, "out"] += rec.completion_tokens
             if rec.error_type is not None or rec.status >= 400:
                 kind = rec.error_type or f"http_{rec.status}"
-                self.errors.labels(route, model, kind).inc()
+                errors[route, model, kind] += 1
                 if rec.status == 429:
-                    self.rate_limited.labels(route, model).inc()
+                    limited[route, model] += 1
                 if rec.backend is not None and (rec.status >= 500 or rec.status < 400):
                     # the backend failed: before the answer (5xx) or in band, mid-stream
-                    self.backend_errors.labels(model, rec.backend, kind).inc()
+                    backend[model, rec.backend, kind] += 1
+        for metric, counts in (
+            (self.requests, requests),
+            (self.errors, errors),
+            (self.rate_limited, limited),
+            (self.backend_errors, backend),
+            (self.tokens, tokens),
+        ):
+            for labels, n in counts.items():
+                metric.labels(*labels).inc(n)
+        for labels, values in latency.items():
+            child = self.latency.labels(*labels)
+            for v in values:
+                child.observe(v)
+        for model, values in ttft.items():
+            child = self.ttft.labels(model)
+            for v in values:
+                child.observe(v)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -28,8 +28,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -105,6 +105,30 @@ class UsageRecord:
         decode_ms = self.latency_ms - ttft
         return (self.completion_tokens - 1) / (decode_ms / 1000) if decode_ms > 0 else None
 
+    def values(self) -> tuple[Any, ...]:
+        """The record as a usage_records row, in INSERT_COLUMNS order."""
+        ttft = self.ttft_ms
+        return (
+            self.ts,
+            self.request_id,
+            self.key_id,
+            self.user,
+            self.model,
+            self.backend,
+            self.method,
+            self.endpoint,
+            self.status,
+            self.prompt_tokens,
+            self.completion_tokens,
+            ttft,
+            self.latency_ms,
+            self.tokens_per_s,
+            self.error_type,
+            self.client,
+            latency_bucket(self.latency_ms),
+            latency_bucket(ttft),
+        )
+
     def row(self) -> dict[str, Any]:
         """The record as a usage_records row."""
         ttft = self.ttft_ms
@@ -128,6 +152,32 @@ class UsageRecord:
             "latency_bucket": latency_bucket(self.latency_ms),
             "ttft_bucket": latency_bucket(ttft),
         }
+
+
+INSERT_COLUMNS = (
+    "ts",
+    "request_id",
+    "key_id",
+    "user_id",
+    "model",
+    "backend",
+    "method",
+    "endpoint",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "ttft_ms",
+    "latency_ms",
+    "tokens_per_s",
+    "error_type",
+    "client",
+    "latency_bucket",
+    "ttft_bucket",
+)
+_SQLITE_INSERT = (
+    f"INSERT INTO usage_records ({', '.join(INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(INSERT_COLUMNS))})"
+)
 
 
 def record_of(scope: Any) -> UsageRecord | None:
@@ -234,9 +284,26 @@ class UsageRecorder:
         return True
 
     async def _insert(self, batch: list[UsageRecord]) -> None:
-        rows = [r.row() for r in batch]
-        async with self._engine.begin() as conn:
-            await conn.execute(sa.insert(usage_records), rows)
+        """One batch, through the driver itself: SQLAlchemy's per-row parameter work
+        would run on the event loop (~10 us a row); aiosqlite's executemany runs in
+        its thread and asyncpg's COPY in C."""
+        rows = [r.values() for r in batch]
+        async with self._engine.connect() as conn:
+            dialect = self._engine.dialect.name
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            if dialect == "sqlite":
+                await driver.execute("BEGIN")
+                await driver.executemany(_SQLITE_INSERT, rows)
+                await driver.commit()
+            elif dialect == "postgresql":
+                await driver.copy_records_to_table(
+                    "usage_records", records=rows, columns=INSERT_COLUMNS
+                )
+            else:
+                values = [dict(zip(INSERT_COLUMNS, r, strict=True)) for r in rows]
+                await conn.execute(sa.insert(usage_records), values)
+                await conn.commit()
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop the loop and write what is buffered, retrying until ``timeout_s``."""
@@ -371,7 +438,7 @@ def _request_id(headers: Sequence[tuple[bytes, bytes]]) -> str:
                 if text.isprintable():
                     return text
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as uuid4().hex, at a third of the cost
 
 
 class UsageMiddleware:

@@ -69,6 +69,13 @@ _COLUMNS = (
 )
 
 
+_SELECT = (
+    "SELECT id, ts, user_id, key_id, model, endpoint, error_type, status, prompt_tokens, "
+    "completion_tokens, latency_bucket, ttft_bucket, tokens_per_s FROM usage_records "
+    "WHERE id > {} ORDER BY id LIMIT {}"
+)
+
+
 @dataclass
 class Group:
     """One group of an aggregate: its key values and measures."""
@@ -103,14 +110,10 @@ class UsageColumns:
     """See the module docstring."""
 
     def __init__(self, engine: AsyncEngine, window_s: float = 31 * 86_400) -> None:
-        import numpy as np
-
         self.engine = engine
         self.window_s = window_s
         self.n = 0
-        self._cols: dict[str, Any] = {
-            name: np.empty(0, dtype) for name, dtype in _NUMBERS.items()
-        } | {name: np.empty(0, np.int32) for name in _STRINGS}
+        self._cols: dict[str, Any] = {}  # made with the first record: numpy loads only then
         self.dicts = {name: _Dictionary() for name in _STRINGS}
         self.loaded = False
         self.complete_since = float("inf")  # every record from here on is in memory
@@ -173,9 +176,7 @@ class UsageColumns:
                 self._advance_floor(now)
             after, added = self._floor, 0
             while True:
-                query = sa.select(*_COLUMNS).where(u.c.id > after).order_by(u.c.id).limit(PAGE)
-                async with self.engine.connect() as conn:
-                    rows = (await conn.execute(query)).all()
+                rows = await self._fetch(after)
                 added += self._append(rows)
                 if len(rows) < PAGE:
                     break
@@ -188,6 +189,24 @@ class UsageColumns:
             self._trim(now)
             return added
 
+    async def _fetch(self, after: int) -> Sequence[Any]:
+        """Up to PAGE rows with id > after, in id order, through the driver itself
+        (aiosqlite fetches in its thread, asyncpg in C: the event loop stays free)."""
+        async with self.engine.connect() as conn:
+            dialect = self.engine.dialect.name
+            if dialect not in ("sqlite", "postgresql"):
+                query = sa.select(*_COLUMNS).where(u.c.id > after).order_by(u.c.id).limit(PAGE)
+                return (await conn.execute(query)).all()
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            if dialect == "sqlite":
+                cursor = await driver.execute(_SELECT.format("?", "?"), (after, PAGE))
+                rows: Sequence[Any] = await cursor.fetchall()
+                await cursor.close()
+                return rows
+            rows = await driver.fetch(_SELECT.format("$1", "$2"), after, PAGE)
+            return rows
+
     def _advance_floor(self, now: float) -> None:
         """Raise the floor to the largest id seen ``lookback_s`` ago: a transaction in
         PostgreSQL may commit after one with a larger id, but not that much later."""
@@ -197,11 +216,11 @@ class UsageColumns:
             self._recent = {i for i in self._recent if i > self._floor}
 
     def _append(self, rows: Sequence[Any]) -> int:
-        import numpy as np
-
         fresh = [r for r in rows if r[0] not in self._recent]
         if not fresh:
             return 0
+        import numpy as np
+
         k = len(fresh)
         self._reserve(self.n + k)
         s = slice(self.n, self.n + k)
@@ -226,6 +245,9 @@ class UsageColumns:
     def _reserve(self, size: int) -> None:
         import numpy as np
 
+        if not self._cols:
+            types = dict(_NUMBERS) | dict.fromkeys(_STRINGS, "int32")
+            self._cols = {name: np.empty(0, dtype) for name, dtype in types.items()}
         capacity = len(self._cols["id"])
         if size <= capacity:
             return
@@ -237,9 +259,12 @@ class UsageColumns:
 
     def _trim(self, now: float) -> None:
         """Forget records older than the window (retention deletes them from the store too)."""
+        floor = now - self.window_s
+        self.complete_since = max(self.complete_since, floor)
+        if not self.n:
+            return
         import numpy as np
 
-        floor = now - self.window_s
         ts = self.col("ts")
         old = ts < floor
         if self.n and old.any():
@@ -249,7 +274,6 @@ class UsageColumns:
                 arr[: len(kept)] = kept
                 self._cols[name] = arr
             self.n = len(keep)
-        self.complete_since = max(self.complete_since, floor)
 
     def covers(self, since: float) -> bool:
         """Whether every record from ``since`` on is held here."""
@@ -261,6 +285,8 @@ class UsageColumns:
         """(error type, status, count) of the error answers in [since, until)."""
         import numpy as np
 
+        if not self.n:
+            return []
         ts, status, error = self.col("ts"), self.col("status"), self.col("error")
         sel = np.flatnonzero((ts >= since) & (ts < until) & ((status >= 400) | (error != 0)))
         if not sel.size:
@@ -288,6 +314,8 @@ class UsageColumns:
 
         from llm_gateway.stats import QUANTILES, bucket_middle_ms
 
+        if not self.n:
+            return []
         ts = self.col("ts")
         mask = (ts >= since) & (ts < until)
         for name, value in (("user", user), ("key", key_id)):

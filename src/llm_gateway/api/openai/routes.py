@@ -9,8 +9,8 @@ one `data: {"error": ...}` event and the stream ends without [DONE].
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -40,7 +40,7 @@ DONE = b"data: [DONE]\n\n"
 
 def _ctx(prefix: str, model: str) -> convert.ReplyContext:
     return convert.ReplyContext(
-        id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=model
+        id=f"{prefix}-{os.urandom(16).hex()}", created=int(time.time()), model=model
     )
 
 
