@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -438,7 +438,7 @@ def _request_id(headers: Sequence[tuple[bytes, bytes]]) -> str:
                 if text.isprintable():
                     return text
             break
-    return os.urandom(16).hex()  # as unique as uuid4().hex, at a third of the cost
+    return f"{random.getrandbits(128):032x}"  # unique, not secret: no syscall needed
 
 
 class UsageMiddleware:

@@ -9,7 +9,7 @@ one `data: {"error": ...}` event and the stream ends without [DONE].
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -40,7 +40,7 @@ DONE = b"data: [DONE]\n\n"
 
 def _ctx(prefix: str, model: str) -> convert.ReplyContext:
     return convert.ReplyContext(
-        id=f"{prefix}-{os.urandom(16).hex()}", created=int(time.time()), model=model
+        id=f"{prefix}-{random.getrandbits(128):032x}", created=int(time.time()), model=model
     )
 
 
