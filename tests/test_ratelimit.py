@@ -25,10 +25,10 @@ from llm_gateway.ratelimit import (
     Limits,
     MemoryLimiter,
     RateLimiter,
-    RedisLimiter,
     Reservation,
     format_duration,
 )
+from llm_gateway.ratelimit_redis import RedisLimiter
 
 REDIS_URL = os.environ.get("LLMGW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens there
@@ -454,7 +454,8 @@ async def test_redis_down_fail_closed() -> None:
 _HAMMER = textwrap.dedent(
     """
     import asyncio, sys
-    from llm_gateway.ratelimit import Limits, RedisLimiter
+    from llm_gateway.ratelimit import Limits
+    from llm_gateway.ratelimit_redis import RedisLimiter
 
     async def main(url: str, prefix: str) -> None:
         lim = RedisLimiter(url, fail_open=False, prefix=prefix)

@@ -109,3 +109,15 @@ async def test_migrations_are_idempotent(store: KeyStore) -> None:
     await migrate(store.engine)
     await store.create(NewKey(name="a", owner="alice"))
     assert len(await store.list()) == 1
+
+
+def test_head_revision_matches_alembic() -> None:
+    """Start-up skips Alembic when the schema is at head_revision(): it must be Alembic's head."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from llm_gateway.store.database import MIGRATIONS, head_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == head_revision()

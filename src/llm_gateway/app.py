@@ -33,7 +33,7 @@ from llm_gateway.jwt_secret import ensure_jwt_secret
 from llm_gateway.keys import KeyStore, ensure_admin_key
 from llm_gateway.metrics import GatewayMetrics
 from llm_gateway.models import ModelEntry, build_registry
-from llm_gateway.ratelimit import Limits, MemoryLimiter, RateLimiter, RedisLimiter
+from llm_gateway.ratelimit import Limits, MemoryLimiter, RateLimiter
 from llm_gateway.service import InferenceService
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
@@ -92,6 +92,8 @@ async def open_store(state: GatewayState) -> None:
 def build_limiter(settings: Settings) -> RateLimiter:
     """Redis when REDIS_URL is set (limits hold across replicas), else this process only."""
     if settings.redis_url:
+        from llm_gateway.ratelimit_redis import RedisLimiter
+
         return RedisLimiter(settings.redis_url, fail_open=settings.rate_limit_fail_open)
     return MemoryLimiter()
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jwt
 from starlette.requests import HTTPConnection
 
 from llm_gateway.api.http import error_response
@@ -134,6 +133,8 @@ class JwtVerifier:
         self._jwks = _load_jwks(settings.jwt_jwks_file)
 
     def _key_for(self, token: str) -> tuple[Any, list[str]]:
+        import jwt  # PyJWT and cryptography (~9 MB) load with the first token
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -151,6 +152,8 @@ class JwtVerifier:
         raise Unauthorized(f"JWT algorithm '{alg}' is not accepted")
 
     def verify(self, token: str) -> Principal:
+        import jwt  # PyJWT and cryptography (~9 MB) load with the first token
+
         key, algorithms = self._key_for(token)
         options = {"require": ["exp", "sub"], "verify_aud": self._audience is not None}
         try:
@@ -185,6 +188,8 @@ def _read(path: Path | None) -> str | None:
 def _load_jwks(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
+    import jwt
+
     keys = jwt.PyJWKSet.from_dict(json.loads(path.read_text()))
     return {k.key_id: k.key for k in keys.keys if k.key_id}
 
@@ -200,6 +205,8 @@ def mint_token(
     limits: dict[str, Any] | None = None,
 ) -> str:
     """An HS256 token for `llm-gateway token create`."""
+    import jwt  # PyJWT and cryptography (~9 MB) load with the first token
+
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": user,

@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
+import sqlalchemy as sa
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -55,7 +54,25 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+def head_revision() -> str:
+    """The newest migration's id, from the file names (NNNN_what.py), without Alembic."""
+    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+
+
+def _current(connection: Connection) -> str | None:
+    """The schema's revision, or None when there is none yet."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return str(version) if version is not None else None
+
+
 def _upgrade(connection: Connection) -> None:
+    if _current(connection) == head_revision():
+        return  # already up to date: Alembic (~11 MB, ~150 ms to import) is not needed
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection

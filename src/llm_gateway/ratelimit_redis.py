@@ -1,0 +1,400 @@
+"""The Redis rate-limiter backend: limits shared by every gateway process using one Redis.
+
+See ``ratelimit`` for the limits themselves; this module holds the Lua script
+and the batching client, and is imported only when REDIS_URL is set (redis-py
+costs ~6 MB of memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+
+from llm_gateway.ratelimit import (
+    _REASONS,
+    DOWN_BACKOFF_S,
+    INFLIGHT_TTL_S,
+    WARN_INTERVAL_S,
+    WINDOW_S,
+    Clock,
+    Decision,
+    Limits,
+    Reservation,
+    _unlimited,
+    rate_headers,
+)
+
+log = logging.getLogger(__name__)
+
+
+_BATCH_LUA = """
+-- A batch of admissions and settlements, applied in order, atomically.
+-- ARGV[1]: now ('' = server TIME); ARGV[2]: in-flight TTL (s); then two
+-- arguments per call: the key's base name, and the call itself:
+--   'a <id> <rpm> <tpm> <concurrent> <estimate>'   (-1 = limit unset)
+--   's <id> <slot> <token delta>'
+-- Per key, <base>:r is the request log (zset id -> time), <base>:t the token
+-- buckets (hash second -> tokens), <base>:c the in-flight reservations (zset
+-- id -> expiry). Replies: per admission {reason, retry ms, requests,
+-- requests reset ms, tokens, tokens reset ms, slot}; per settlement 1 or 0.
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+local ttl = tonumber(ARGV[2])
+local window = WINDOW
+local slot = math.floor(now)
+
+local function acquire(base, id, rpm, tpm, conc, est)
+  local kr, kt, kc = base .. ':r', base .. ':t', base .. ':c'
+  local reason, retry = 0, 0
+  local function refuse(code, after)
+    if reason == 0 then reason = code end
+    if after > retry then retry = after end
+  end
+
+  -- Requests: a request counts while now - time < window.
+  local nreq, req_reset = 0, window
+  if rpm >= 0 then
+    redis.call('ZREMRANGEBYSCORE', kr, '-inf', now - window)
+    nreq = redis.call('ZCARD', kr)
+    if nreq > 0 then
+      req_reset = tonumber(redis.call('ZRANGE', kr, 0, 0, 'WITHSCORES')[2]) + window - now
+    end
+    if nreq >= rpm then
+      local after = window
+      if rpm > 0 then
+        local i = nreq - rpm
+        after = tonumber(redis.call('ZRANGE', kr, i, i, 'WITHSCORES')[2]) + window - now
+      end
+      refuse(1, after)
+    end
+  end
+
+  -- Tokens: bucket s counts while floor(now) - s <= window.
+  local used, tok_reset = 0, 0
+  if tpm >= 0 then
+    local h = redis.call('HGETALL', kt)
+    local first = slot - window
+    local live, stale = {}, {}
+    for i = 1, #h, 2 do
+      local s, v = tonumber(h[i]), tonumber(h[i + 1])
+      if s < first then
+        stale[#stale + 1] = h[i]
+      else
+        live[#live + 1] = {s, v}
+        used = used + v
+      end
+    end
+    if #stale > 0 then redis.call('HDEL', kt, unpack(stale)) end
+    table.sort(live, function(a, b) return a[1] < b[1] end)
+    if #live > 0 then tok_reset = live[1][1] + window + 1 - now end
+    if used + est > tpm then
+      local after = window
+      if est <= tpm then
+        local need, freed = used + est - tpm, 0
+        after = window + 1
+        for _, b in ipairs(live) do
+          freed = freed + b[2]
+          if freed >= need then
+            after = b[1] + window + 1 - now
+            break
+          end
+        end
+      end
+      refuse(2, after)
+    end
+  end
+
+  -- Concurrency: in-flight ids, scored by the time they stop counting.
+  redis.call('ZREMRANGEBYSCORE', kc, '-inf', now)
+  if conc >= 0 and redis.call('ZCARD', kc) >= conc then refuse(3, 1) end
+
+  if reason == 0 then
+    if rpm >= 0 then
+      redis.call('ZADD', kr, now, id)
+      redis.call('EXPIRE', kr, window + 1)
+      nreq = nreq + 1
+    end
+    if tpm >= 0 then
+      redis.call('HINCRBY', kt, slot, est)
+      redis.call('EXPIRE', kt, window + 2)
+      used = used + est
+      if tok_reset == 0 then tok_reset = slot + window + 1 - now end
+    end
+    redis.call('ZADD', kc, now + ttl, id)
+    redis.call('EXPIRE', kc, math.ceil(ttl) + 1)
+  end
+  return {reason, math.ceil(retry * 1000), nreq, math.ceil(req_reset * 1000), used,
+          math.ceil(tok_reset * 1000), slot}
+end
+
+local function settle(base, id, bucket, delta)
+  if redis.call('ZREM', base .. ':c', id) == 0 then return 0 end
+  if delta ~= '0' and redis.call('HEXISTS', base .. ':t', bucket) == 1 then
+    redis.call('HINCRBY', base .. ':t', bucket, delta)
+  end
+  return 1
+end
+
+local replies = {}
+for i = 3, #ARGV, 2 do
+  local base, call = ARGV[i], ARGV[i + 1]
+  local f = {}
+  for word in string.gmatch(call, '%S+') do f[#f + 1] = word end
+  if f[1] == 'a' then
+    replies[#replies + 1] = acquire(base, f[2], tonumber(f[3]), tonumber(f[4]),
+                                    tonumber(f[5]), tonumber(f[6]))
+  else
+    replies[#replies + 1] = settle(base, f[2], f[3], f[4])
+  end
+end
+return replies
+""".replace("WINDOW", str(WINDOW_S))
+
+
+def _arg(limit: int | None) -> int:
+    """A limit as the script reads it: -1 for unset."""
+    return -1 if limit is None else limit
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call waiting for the next batch; ``reply`` is None for fire-and-forget."""
+
+    base: str
+    call: str
+    reply: asyncio.Future[Any] | None
+
+
+class RedisLimiter:
+    """A ``RateLimiter`` shared by every process that uses the same Redis.
+
+    Calls are *batched*: the admissions and settlements requested while a batch
+    is on the wire go out together in the next one, a single EVALSHA that
+    applies them in order, atomically. Under load many requests share one round
+    trip and one script run; a lone request goes out at once. At most
+    ``IN_FLIGHT`` batches are on the wire. (The script names its keys in ARGV,
+    so it needs a single Redis, or a primary with replicas, not Redis Cluster.)
+
+    ``clock`` (seconds) replaces the server's ``TIME`` — for tests only.
+    ``timeout_s`` bounds connecting and each command, so an unreachable Redis
+    costs at most that on the hot path; after a failure, calls are answered at
+    once for ``DOWN_BACKOFF_S``.
+    """
+
+    IN_FLIGHT = 2
+    MAX_BATCH = 256
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fail_open: bool = True,
+        prefix: str = "llmgw:rl:",
+        clock: Clock | None = None,
+        timeout_s: float = 0.5,
+    ) -> None:
+        pool = ConnectionPool.from_url(
+            url,
+            max_connections=self.IN_FLIGHT + 2,  # + health probes and script loads
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # One immediate retry on a broken connection (e.g. after a Redis
+            # restart), none on timeouts: the script may have run already.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        self._redis = Redis.from_pool(pool)
+        self._queue: list[_Call] = []
+        self._in_flight = 0
+        self._kick_scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+        self._script = self._redis.register_script(_BATCH_LUA)
+        self._ttl = repr(INFLIGHT_TTL_S)
+        self._fail_open = fail_open
+        self._prefix = prefix
+        self._clock = clock
+        self._node = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+        self._healthy = True
+        self._down_until = -math.inf
+        self._last_warning = -math.inf
+
+    def _base(self, key: str) -> str:
+        """The Redis key prefix of one limited key (``{key}``: one hash slot)."""
+        return f"{self._prefix}{{{key}}}"
+
+    async def acquire(self, key: str, limits: Limits, estimated_tokens: int) -> Decision:
+        """See ``RateLimiter.acquire``: one call in the next batch."""
+        if limits.empty:
+            return _unlimited(key)
+        if time.monotonic() < self._down_until:
+            return self._unavailable(key)
+        rid = f"{self._node}:{next(self._ids)}"
+        estimate = max(0, estimated_tokens)
+        call = (
+            f"a {rid} {_arg(limits.requests_per_minute)} {_arg(limits.tokens_per_minute)} "
+            f"{_arg(limits.concurrent)} {estimate}"
+        )
+        reply = self._call(self._base(key), call, wait=True)
+        assert reply is not None
+        try:
+            raw = await reply
+        except (RedisError, OSError):
+            return self._unavailable(key)  # logged by the batch
+        return self._decision(key, rid, limits, estimate, raw)
+
+    @staticmethod
+    def _decision(key: str, rid: str, limits: Limits, estimate: int, raw: list[int]) -> Decision:
+        """Turn the script's reply into a Decision."""
+        code, retry_ms, requests, requests_reset_ms, tokens, tokens_reset_ms, slot = raw
+        headers = rate_headers(
+            limits, requests, requests_reset_ms / 1000, tokens, tokens_reset_ms / 1000
+        )
+        if code:
+            return Decision(False, _REASONS[code], retry_ms / 1000, headers, None)
+        reserved = None if limits.tokens_per_minute is None else estimate
+        return Decision(True, None, 0.0, headers, Reservation(key, rid, slot, reserved))
+
+    def _settle_call(
+        self, reservation: Reservation, actual_tokens: int, *, wait: bool
+    ) -> asyncio.Future[Any] | None:
+        delta = 0
+        if reservation.tokens is not None:
+            delta = max(0, actual_tokens) - reservation.tokens
+        call = f"s {reservation.id} {reservation.slot} {delta}"
+        return self._call(self._base(reservation.key), call, wait=wait)
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        """See ``RateLimiter.settle``. Failures are logged, not raised (an
+        unreleased slot frees itself after ``INFLIGHT_TTL_S``)."""
+        if not reservation.id:
+            return
+        reply = self._settle_call(reservation, actual_tokens, wait=True)
+        assert reply is not None
+        with contextlib.suppress(RedisError, OSError):
+            await reply
+
+    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
+        """See ``RateLimiter.settle_soon``: rides the next batch, nobody waits."""
+        if reservation.id:
+            self._settle_call(reservation, actual_tokens, wait=False)
+
+    # ------------------------------------------------------------- batching
+
+    def _call(self, base: str, call: str, *, wait: bool) -> asyncio.Future[Any] | None:
+        """Queue one call for the next batch; its reply future when ``wait``."""
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future() if wait else None
+        self._queue.append(_Call(base, call, reply))
+        if not self._kick_scheduled and self._in_flight < self.IN_FLIGHT:
+            self._kick_scheduled = True
+            loop.call_soon(self._kick)  # after this loop turn: calls made in it ride along
+        return reply
+
+    def _kick(self) -> None:
+        """Send what is queued, in as many batches as may be in flight."""
+        self._kick_scheduled = False
+        while self._queue and self._in_flight < self.IN_FLIGHT:
+            batch = self._queue[: self.MAX_BATCH]
+            del self._queue[: self.MAX_BATCH]
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        replies: list[Any] | BaseException
+        try:
+            if time.monotonic() < self._down_until:
+                raise RedisConnectionError("Redis was unreachable a moment ago")
+            replies = await self._run(batch)
+        except (RedisError, OSError) as exc:
+            if time.monotonic() >= self._down_until:
+                self._failed(exc)
+            replies = exc
+        else:
+            self._healthy = True
+        finally:
+            self._in_flight -= 1
+            if self._queue:
+                self._kick()
+        for i, call in enumerate(batch):
+            if call.reply is None or call.reply.done():
+                continue
+            if isinstance(replies, BaseException):
+                call.reply.set_exception(replies)
+            else:
+                call.reply.set_result(replies[i])
+
+    async def _run(self, batch: list[_Call]) -> list[Any]:
+        """One EVALSHA for the batch; loads the script first if Redis lacks it."""
+        now = "" if self._clock is None else repr(self._clock())
+        args: list[str] = [now, self._ttl]
+        for call in batch:
+            args += (call.base, call.call)
+        try:
+            replies: list[Any] = await self._redis.evalsha(self._script.sha, 0, *args)
+        except NoScriptError:  # nothing ran: load the script and send again
+            await self._redis.script_load(_BATCH_LUA)
+            replies = await self._redis.evalsha(self._script.sha, 0, *args)
+        return replies
+
+    def _unavailable(self, key: str) -> Decision:
+        """The answer while Redis cannot be reached."""
+        if self._fail_open:
+            return _unlimited(key)
+        return Decision(False, "unavailable", 1.0, {}, None)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Record a failure: unhealthy, back off a moment, warn now and then."""
+        self._healthy = False
+        now = time.monotonic()
+        self._down_until = now + DOWN_BACKOFF_S
+        if now - self._last_warning >= WARN_INTERVAL_S:
+            self._last_warning = now
+            mode = "admitting requests unlimited" if self._fail_open else "refusing requests"
+            log.warning("rate limiter: Redis unreachable (%s); %s", exc, mode)
+
+    async def healthy(self) -> bool:
+        """Ping Redis; the answer is also the new last-seen state."""
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return False
+        self._healthy = True
+        self._down_until = -math.inf
+        return True
+
+    @property
+    def last_healthy(self) -> bool:
+        """The outcome of the last Redis call, without a probe."""
+        return self._healthy
+
+    async def close(self) -> None:
+        """Send what is queued (pending settlements), then close the connection pool."""
+        while self._queue or self._sending:
+            if self._queue and not self._kick_scheduled:
+                self._kick()
+            if self._sending:
+                await asyncio.gather(*self._sending, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
+        await self._redis.aclose()
