@@ -154,6 +154,8 @@ def test_metrics_auth_is_a_setting(tmp_path: Path) -> None:
     with TestClient(admin_client(Settings(**base, metrics_auth=True)).app) as c:  # type: ignore[arg-type]
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers=AUTH).status_code == 200
+        user = c.post("/api/keys", headers=AUTH, json={"name": "u", "owner": "u"}).json()["key"]
+        assert c.get("/metrics", headers={"Authorization": f"Bearer {user}"}).status_code == 403
 
 
 def test_percentiles_from_buckets_match_numpy() -> None:
@@ -280,3 +282,21 @@ async def test_records_are_kept_while_the_store_fails_and_written_after(tmp_path
     finally:
         await engine.dispose()
     assert _count(tmp_path / "late.db") == 100
+
+
+def test_request_log_lines_are_json_with_the_request_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from llm_gateway.logs import JsonFormatter
+    from llm_gateway.usage import UsageRecord, log_requests
+
+    rec = UsageRecord(time.time(), 0.0, "rid-1", "POST", "/v1/chat/completions", "10.0.0.9")
+    rec.status, rec.model, rec.key_id, rec.user, rec.latency_ms = 200, "dummy", "k1", "ann", 1.5
+    with caplog.at_level(logging.INFO, logger="llm_gateway.usage"):
+        log_requests([rec])
+    line = json.loads(JsonFormatter().format(caplog.records[-1]))
+    assert line["message"] == "POST /v1/chat/completions 200 1.5 ms"
+    assert line["request_id"] == "rid-1" and line["user"] == "ann" and line["key_id"] == "k1"
+    assert line["level"] == "INFO" and "color_message" not in line
