@@ -221,3 +221,51 @@ def test_models_file_errors_are_clear(tmp_path: Path) -> None:
     for models, message in bad:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_specs(Settings(config=models_file(tmp_path, models), data_dir=tmp_path))
+
+
+def test_successes_keep_the_breaker_closed_and_a_trial_closes_it(tmp_path: Path) -> None:
+    with upstream("openai", Cue()) as (a, cue):
+        models = [{"name": "m", "backend": "openai", "url": a, "retries": 0}]
+        with gateway(tmp_path, models) as c:
+
+            def circuit() -> str:
+                replica = c.get("/health").json()["models"]["m"]["replicas"][0]
+                return str(replica["circuit"])
+
+            ask = {"model": "m", **CHAT}
+            # Failures with successes between them never open the circuit...
+            for _ in range(4):
+                cue.fail.append(500)
+                assert c.post("/v1/chat/completions", json=ask).status_code == 502
+                assert c.post("/v1/chat/completions", json=ask).status_code == 200
+            assert circuit() == "closed"
+            # ...three in a row do; after the cool-down one good request closes it.
+            cue.fail.extend([500, 500, 500])
+            for _ in range(3):
+                assert c.post("/v1/chat/completions", json=ask).status_code in (502, 503)
+            assert circuit() == "open"
+            assert c.post("/v1/chat/completions", json=ask).status_code == 503  # not tried
+            time.sleep(5.1)  # BREAKER_COOLDOWN_S
+            stream = {**ask, "stream": True}
+            with c.stream("POST", "/v1/chat/completions", json=stream) as r:
+                assert r.status_code == 200 and "[DONE]" in r.read().decode()
+            assert circuit() == "closed"
+
+
+def test_a_slow_whole_answer_is_not_cut_by_the_first_byte_timeout(tmp_path: Path) -> None:
+    with upstream("openai", Cue(delay_s=0.6)) as (a, cue):
+        models = [
+            {
+                "name": "m",
+                "backend": "openai",
+                "url": a,
+                "timeouts": {"first_byte": 0.3, "total": 5},
+            }
+        ]
+        with gateway(tmp_path, models) as c:
+            r = c.post("/v1/chat/completions", json={"model": "m", **CHAT})
+            assert r.status_code == 200, r.text  # headers come only with the whole answer
+            assert len(cue.requests) == 1  # not retried
+            # A stream must start within first_byte: this one is retried, then fails.
+            body = {"model": "m", **CHAT, "stream": True}
+            assert c.post("/v1/chat/completions", json=body).status_code in (502, 503)

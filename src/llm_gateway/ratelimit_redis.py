@@ -39,6 +39,11 @@ from llm_gateway.ratelimit import (
 
 log = logging.getLogger(__name__)
 
+SETTLE_TRIES = 60
+"""A settlement that fails is retried once a second for about this many seconds."""
+MAX_RETRYING = 100_000
+"""At most this many settlements wait for a retry; beyond, their slots expire by TTL."""
+
 
 _BATCH_LUA = """
 -- A batch of admissions and settlements, applied in order, atomically.
@@ -181,6 +186,7 @@ class _Call:
     base: str
     call: str
     reply: asyncio.Future[Any] | None
+    tries: int = 0
 
 
 class RedisLimiter:
@@ -216,15 +222,16 @@ class RedisLimiter:
             max_connections=self.IN_FLIGHT + 2,  # + health probes and script loads
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            # One immediate retry on a broken connection (e.g. after a Redis
-            # restart), none on timeouts: the script may have run already.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            # No retries: a connection that breaks after the script ran would
+            # apply the batch twice. A failed batch answers as "unreachable".
+            retry=Retry(NoBackoff(), 0),
         )
         self._redis = Redis.from_pool(pool)
         self._queue: list[_Call] = []
         self._in_flight = 0
         self._kick_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
+        self._retrying = 0  # settlements waiting to be sent again
         self._script = self._redis.register_script(_BATCH_LUA)
         self._ttl = repr(INFLIGHT_TTL_S)
         self._fail_open = fail_open
@@ -255,10 +262,25 @@ class RedisLimiter:
         reply = self._call(self._base(key), call, wait=True)
         assert reply is not None
         try:
-            raw = await reply
+            # Shielded: a caller cancelled while its batch is on the wire must not
+            # leave an admission nobody settles (it would hold a slot for 10 min).
+            raw = await asyncio.shield(reply)
         except (RedisError, OSError):
             return self._unavailable(key)  # logged by the batch
+        except asyncio.CancelledError:
+            reply.add_done_callback(lambda done: self._release(done, key, rid, limits, estimate))
+            raise
         return self._decision(key, rid, limits, estimate, raw)
+
+    def _release(
+        self, done: asyncio.Future[Any], key: str, rid: str, limits: Limits, estimate: int
+    ) -> None:
+        """Settle (with 0 tokens) an admission whose caller was cancelled."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        reservation = self._decision(key, rid, limits, estimate, done.result()).reservation
+        if reservation is not None:
+            self.settle_soon(reservation, 0)
 
     @staticmethod
     def _decision(key: str, rid: str, limits: Limits, estimate: int, raw: list[int]) -> Decision:
@@ -329,6 +351,7 @@ class RedisLimiter:
             if time.monotonic() >= self._down_until:
                 self._failed(exc)
             replies = exc
+            self._retry_settlements([c for c in batch if c.reply is None])
         else:
             self._healthy = True
         finally:
@@ -342,6 +365,30 @@ class RedisLimiter:
                 call.reply.set_exception(replies)
             else:
                 call.reply.set_result(replies[i])
+
+    def _retry_settlements(self, calls: list[_Call]) -> None:
+        """Send failed settlements again later (settling twice is harmless: the
+        script only acts on a reservation it still finds)."""
+        keep = [c for c in calls if c.tries < SETTLE_TRIES]
+        if len(keep) < len(calls) or self._retrying > MAX_RETRYING:
+            log.warning(
+                "rate limiter: gave up on %d settlements; their slots free themselves after %.0f s",
+                len(calls) - len(keep) if self._retrying <= MAX_RETRYING else len(calls),
+                INFLIGHT_TTL_S,
+            )
+            if self._retrying > MAX_RETRYING:
+                return
+        for c in keep:
+            c.tries += 1
+        self._retrying += len(keep)
+        asyncio.get_running_loop().call_later(DOWN_BACKOFF_S, self._requeue, keep)
+
+    def _requeue(self, calls: list[_Call]) -> None:
+        self._retrying -= len(calls)
+        self._queue[:0] = calls  # before newer calls: a settlement first frees its slot
+        if not self._kick_scheduled and self._in_flight < self.IN_FLIGHT:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
 
     async def _run(self, batch: list[_Call]) -> list[Any]:
         """One EVALSHA for the batch; loads the script first if Redis lacks it."""

@@ -168,7 +168,8 @@ class InferenceService:
             if _allowed(principal, fallback) and fallback not in chain:
                 chain.append(fallback)
         for i, current in enumerate(chain):
-            if record is not None:
+            if record is not None:  # usage is billed to the model that answers
+                record.model = current.name
                 record.backend = current.spec.backend
             stream = current.backend.stream(request)
             try:

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -47,6 +47,7 @@ from llm_gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailabl
 from llm_gateway.types import Chunk, GenerationRequest, Usage
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 BREAKER_FAILURES = 3
 BREAKER_COOLDOWN_S = 5.0
@@ -190,8 +191,9 @@ class UpstreamBackend:
                 headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _pick(self, tried: set[int]) -> Replica | None:
-        """Least outstanding per weight among usable replicas, untried ones first."""
+    def _pick(self, tried: set[int]) -> tuple[Replica, bool] | None:
+        """(replica, whether it is a half-open trial): least outstanding per weight
+        among usable replicas, untried ones first; None when none can take it."""
         now = time.monotonic()
         usable = [
             (i, r)
@@ -209,25 +211,30 @@ class UpstreamBackend:
             return None
         i, best = min(fresh, key=lambda x: (x[1].outstanding / x[1].weight, x[0]))
         tried.add(i)
-        if best.state(now) == "half_open":
+        trial = best.state(now) == "half_open"
+        if trial:
             best.probing = True
-        return best
+        return best, trial
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         tried: set[int] = set()
-        last: str = "no replica available"
+        last: str | None = None
         attempts = self.spec.retries + 1
         for attempt in range(attempts):
-            replica = self._pick(tried)
-            if replica is None:
+            picked = self._pick(tried)
+            if picked is None:
                 break
+            replica, trial = picked
             replica.outstanding += 1
             started = False
             try:
                 async for chunk in self._attempt(replica, request):
                     started = True
+                    if chunk.finish_reason is not None:
+                        # The consumer stops at this chunk and may never resume
+                        # the generator: the attempt succeeded now.
+                        replica.succeeded()
                     yield chunk
-                replica.succeeded()
                 return
             except _Retryable as exc:
                 last = str(exc)
@@ -245,11 +252,13 @@ class UpstreamBackend:
                     await asyncio.sleep(BACKOFF_S * (2**attempt))
             finally:
                 replica.outstanding -= 1
-                replica.probing = False
-        if not any(r.state(time.monotonic()) != "open" for r in self.replicas):
+                if trial:
+                    replica.probing = False
+        if last is None or not any(r.state(time.monotonic()) != "open" for r in self.replicas):
+            why = last or "every replica is busy, or failing and waiting to be retried"
             raise UpstreamUnavailable(
-                f"model '{self.name}': every upstream is failing ({last})",
-                retry_after=int(BREAKER_COOLDOWN_S),
+                f"model '{self.name}': no upstream can take the request ({why})",
+                retry_after=int(BREAKER_COOLDOWN_S) if last else 1,
             )
         raise UpstreamError(f"model '{self.name}': upstream failed after retries ({last})")
 
@@ -261,9 +270,13 @@ class UpstreamBackend:
         path, body = build(request, self.spec.model)
         t = self.spec.timeouts
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s)
-        deadline = asyncio.get_running_loop().time() + t.total_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total_s
+        # A stream's headers come with its first byte; a whole answer's only when
+        # the generation is done, so it waits for the total deadline instead.
+        headers_by = loop.time() + t.first_byte_s if request.stream else deadline
         try:
-            async with asyncio.timeout(t.first_byte_s):
+            async with asyncio.timeout_at(min(headers_by, deadline)):
                 resp = await self.pool.session.post(
                     replica.url + path,
                     data=orjson.dumps(body),
@@ -274,7 +287,8 @@ class UpstreamBackend:
             raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         async with resp:
             if resp.status >= 400:
-                raise await _status_error(resp)
+                async with asyncio.timeout_at(deadline):
+                    raise await _status_error(resp)
             if not request.stream:
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -282,11 +296,20 @@ class UpstreamBackend:
                 except TimeoutError as exc:
                     raise _Retryable(f"no answer within {t.total_s:g} s") from exc
                 whole = openai_reply if self.spec.kind == "openai" else ollama_reply
-                yield whole(data)
+                yield _parsed(whole, data)
                 return
-            async with asyncio.timeout_at(deadline):
-                async for chunk in _merged(_lines(resp, t.first_byte_s), parse):
-                    yield chunk
+            async for chunk in _merged(_lines(resp, t.first_byte_s, deadline), parse):
+                yield chunk
+
+
+def _parsed(parse: Callable[[bytes], _T], data: bytes) -> _T:
+    """Parse an upstream body; anything unreadable is the upstream's error."""
+    try:
+        return parse(data)
+    except UpstreamStreamError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise UpstreamStreamError(f"unreadable upstream answer: {data[:200]!r}") from exc
 
 
 async def _merged(
@@ -303,7 +326,7 @@ async def _merged(
     usage: Usage | None = None
     pieces = 0
     async for raw in lines:
-        chunk = parse(raw)
+        chunk = _parsed(parse, raw)
         if chunk is None:
             continue
         usage = chunk.usage or usage
@@ -325,19 +348,29 @@ async def _merged(
     )
 
 
-async def _lines(resp: aiohttp.ClientResponse, first_byte_s: float) -> AsyncIterator[bytes]:
-    """Non-empty lines of the body; the first one must arrive within first_byte_s."""
+async def _lines(
+    resp: aiohttp.ClientResponse, first_byte_s: float, deadline: float
+) -> AsyncIterator[bytes]:
+    """Non-empty lines of the body. The first must come within first_byte_s; every
+    read ends by the total deadline (applied per read, never across a yield)."""
     content = resp.content
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(first_byte_s):
+        async with asyncio.timeout_at(min(loop.time() + first_byte_s, deadline)):
             line = await content.readline()
     except TimeoutError as exc:
         raise _Retryable(f"no first byte within {first_byte_s:g} s") from exc
+    except ValueError as exc:  # aiohttp: a line too long
+        raise UpstreamStreamError(f"unreadable upstream stream: {exc}") from exc
     while line:
         line = line.strip()
         if line:
             yield line
-        line = await content.readline()
+        try:
+            async with asyncio.timeout_at(deadline):
+                line = await content.readline()
+        except ValueError as exc:
+            raise UpstreamStreamError(f"unreadable upstream stream: {exc}") from exc
 
 
 def _sse_data(line: bytes) -> Chunk | None:
