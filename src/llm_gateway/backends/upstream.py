@@ -9,7 +9,7 @@ after that, a failure ends the stream with one in-band error. Other 4xx are
 the caller's problem and are passed on at once.
 
 Each replica has a circuit breaker: ``BREAKER_FAILURES`` consecutive failures
-open it for ``BREAKER_COOLDOWN_S``; then one request (or the active health
+(a 429 is not one: the replica is busy or out of quota, not broken) open it for ``BREAKER_COOLDOWN_S``; then one request (or the active health
 check) is let through half-open, and its success closes the breaker. An active
 health check (GET ``/models`` or ``/api/tags``) runs every
 ``HEALTH_INTERVAL_S`` and at start-up; ``/health`` shows every replica.
@@ -109,7 +109,13 @@ class Replica:
 
 
 class _Retryable(Exception):
-    """A failure before the first byte that another try may fix."""
+    """A failure before the first byte that another try may fix. ``replica_fault``
+    is False for a 429: the upstream is healthy, only busy or out of quota, so it
+    does not count towards opening the circuit."""
+
+    def __init__(self, message: str, *, replica_fault: bool = True) -> None:
+        super().__init__(message)
+        self.replica_fault = replica_fault
 
 
 class UpstreamBackend:
@@ -238,7 +244,8 @@ class UpstreamBackend:
                 return
             except _Retryable as exc:
                 last = str(exc)
-                replica.failed(last, time.monotonic())
+                if exc.replica_fault:
+                    replica.failed(last, time.monotonic())
                 if attempt + 1 < attempts:
                     await asyncio.sleep(BACKOFF_S * (2**attempt))
                 continue
@@ -391,7 +398,7 @@ async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
         err = obj.get("error") if isinstance(obj, dict) else None
         message = err.get("message", text) if isinstance(err, dict) else str(err or text)
     if resp.status in RETRYABLE_STATUS:
-        return _Retryable(f"HTTP {resp.status}: {message}")
+        return _Retryable(f"HTTP {resp.status}: {message}", replica_fault=resp.status != 429)
     if resp.status in (400, 413, 422):
         return InvalidRequest(f"upstream rejected the request: {message}")
     return UpstreamError(f"upstream answered HTTP {resp.status}: {message}")
