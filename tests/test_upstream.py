@@ -269,3 +269,31 @@ def test_a_slow_whole_answer_is_not_cut_by_the_first_byte_timeout(tmp_path: Path
             # A stream must start within first_byte: this one is retried, then fails.
             body = {"model": "m", **CHAT, "stream": True}
             assert c.post("/v1/chat/completions", json=body).status_code in (502, 503)
+
+
+def test_a_fallback_is_admitted_against_its_own_limits(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with upstream("ollama") as (backup, cue):
+        models = [
+            {
+                "name": "primary",
+                "backend": "ollama",
+                "url": dead,
+                "retries": 0,
+                "fallbacks": ["backup"],
+            },
+            {
+                "name": "backup",
+                "backend": "ollama",
+                "url": backup,
+                "limits": {"requests_per_minute": 1},
+            },
+        ]
+        with gateway(tmp_path, models) as c:
+            ask = {"model": "primary", **CHAT}
+            assert c.post("/v1/chat/completions", json=ask).status_code == 200
+            # The backup's one request a minute is used up: asking for "primary" again
+            # must not get past it; the primary's own failure is what the caller sees.
+            second = c.post("/v1/chat/completions", json=ask)
+            assert second.status_code in (502, 503)
+            assert len(cue.requests) == 1

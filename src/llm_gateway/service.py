@@ -144,7 +144,9 @@ class InferenceService:
         _check_model_allowed(principal, entry, request.model)
         admission = await self._admit(request, principal, entry)
         try:
-            entry, stream, first = await self._first_chunk(entry, request, principal, record)
+            entry, stream, first, admission = await self._first_chunk(
+                entry, request, principal, record, admission
+            )
         except BaseException:
             if admission is not None:
                 admission.settle(0)  # nothing was generated
@@ -159,21 +161,38 @@ class InferenceService:
         request: GenerationRequest,
         principal: Principal,
         record: UsageRecord | None,
-    ) -> tuple[ModelEntry, AsyncIterator[Chunk], Chunk]:
+        admission: Admission | None,
+    ) -> tuple[ModelEntry, AsyncIterator[Chunk], Chunk, Admission | None]:
         """Start the stream and take its first chunk; when that fails with an
-        upstream error, try the model's fallbacks in turn."""
+        upstream error, try the model's fallbacks in turn.
+
+        A fallback is admitted against its own limits (a caller may not get
+        past a model's limits by asking for another model that falls back to
+        it); one whose limits refuse is skipped. The model that answers holds
+        the admission that is settled with the real usage; the ones that failed
+        are settled with none.
+        """
         chain = [entry]
         for name in entry.spec.fallbacks:
             fallback = self.registry.resolve(name)
             if _allowed(principal, fallback) and fallback not in chain:
                 chain.append(fallback)
+        failure: BaseException | None = None
         for i, current in enumerate(chain):
+            if i > 0:
+                try:
+                    admitted = await self._admit(request, principal, current)
+                except Overloaded:
+                    continue  # the fallback's own limits refuse: try the next one
+                if admission is not None:
+                    admission.settle(0)
+                admission = admitted
             if record is not None:  # usage is billed to the model that answers
                 record.model = current.name
                 record.backend = current.spec.backend
             stream = current.backend.stream(request)
             try:
-                return current, stream, await anext(stream)
+                return current, stream, await anext(stream), admission
             except BaseException as exc:
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
@@ -181,15 +200,12 @@ class InferenceService:
                 if isinstance(exc, StopAsyncIteration):
                     raise BackendError(f"model '{current.name}' returned no output") from None
                 if isinstance(exc, UpstreamError | UpstreamUnavailable) and i + 1 < len(chain):
-                    log.warning(
-                        "model %s failed (%s); falling back to %s",
-                        current.name,
-                        exc,
-                        chain[i + 1].name,
-                    )
+                    log.warning("model %s failed (%s); trying its fallbacks", current.name, exc)
+                    failure = exc
                     continue
                 raise
-        raise AssertionError("unreachable")
+        assert failure is not None  # every fallback refused by its limits
+        raise failure
 
     def limits_for(self, principal: Principal, entry: ModelEntry) -> tuple[str, Limits]:
         """(counter key, limits) of one caller on one model.

@@ -9,10 +9,11 @@ after that, a failure ends the stream with one in-band error. Other 4xx are
 the caller's problem and are passed on at once.
 
 Each replica has a circuit breaker: ``BREAKER_FAILURES`` consecutive failures
-(a 429 is not one: the replica is busy or out of quota, not broken) open it for ``BREAKER_COOLDOWN_S``; then one request (or the active health
-check) is let through half-open, and its success closes the breaker. An active
-health check (GET ``/models`` or ``/api/tags``) runs every
-``HEALTH_INTERVAL_S`` and at start-up; ``/health`` shows every replica.
+(a 429 is not one: the replica is busy or out of quota, not broken) open it
+for ``BREAKER_COOLDOWN_S``; then one request (or the active health check) is
+let through half-open, and its success closes the breaker. An active health
+check (GET ``/models`` or ``/api/tags``) runs every ``HEALTH_INTERVAL_S`` and
+at start-up; ``/health`` shows every replica.
 
 All replicas share the app's one pooled aiohttp session (``HttpPool``).
 Closing the chunk iterator (client gone) closes the upstream response, which
