@@ -7,6 +7,7 @@ of the server's TIME. The Redis tests fail, not skip, when Redis is down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -514,3 +515,24 @@ def test_processes_share_the_limit(prefix: str) -> None:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+async def test_redis_admission_cancelled_in_flight_is_released(prefix: str) -> None:
+    await _ping_redis()
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix)
+    one = Limits(concurrent=1)
+    try:
+        for _ in range(5):
+            task = asyncio.create_task(lim.acquire("k", one, 0))
+            await asyncio.sleep(0)  # queued
+            await asyncio.sleep(0)  # the batch is on the wire
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.05)  # the reply lands; its admission is settled
+            decision = await lim.acquire("k", one, 0)
+            assert decision.allowed, "a cancelled admission kept the only slot"
+            await lim.settle(_reservation(decision), 0)
+    finally:
+        await lim.close()
+        await _delete_prefix(prefix)
