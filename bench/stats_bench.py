@@ -41,8 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from llm_gateway.stats import Scope, UsageStats
 from llm_gateway.store.database import create_engine, migrate
-from llm_gateway.store.tables import usage_records
-from llm_gateway.usage import latency_bucket
+from llm_gateway.usage import INSERT_COLUMNS, latency_bucket
 from llm_gateway.usage_columns import UsageColumns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +105,7 @@ def rows(data: dict[str, np.ndarray]) -> list[tuple[Any, ...]]:
     return out
 
 
-COLUMNS = [c.name for c in usage_records.columns if c.name != "id"]
+COLUMNS = list(INSERT_COLUMNS)  # rows() builds tuples in this order
 
 
 async def fill_sqlite(path: Path, records: list[tuple[Any, ...]]) -> AsyncEngine:

@@ -345,12 +345,7 @@ def token_create(
 
 def _limits_claim(own: Limits, model_limits: tuple[str, ...]) -> dict[str, Any] | None:
     def claim(lim: Limits) -> dict[str, Any]:
-        pairs = (
-            ("requests_per_minute", lim.requests_per_minute),
-            ("tokens_per_minute", lim.tokens_per_minute),
-            ("concurrent_requests", lim.concurrent),
-        )
-        return {name: value for name, value in pairs if value is not None}
+        return {name: value for name, value in lim.as_json().items() if value is not None}
 
     limits = claim(own)
     models = dict(_parse_model_limit(m) for m in model_limits)

@@ -98,9 +98,7 @@ class ApiKey:
             "scopes": list(self.scopes),
             "allowed_models": list(self.allowed_models) if self.allowed_models else None,
             "limits": {
-                "requests_per_minute": self.rpm_limit,
-                "tokens_per_minute": self.tpm_limit,
-                "concurrent_requests": self.concurrency_limit,
+                **Limits(self.rpm_limit, self.tpm_limit, self.concurrency_limit).as_json(),
                 "models": _model_limits_json(self.model_limits),
             },
             "created_at": _iso(self.created_at),
@@ -117,27 +115,13 @@ def _model_limits_json(
     """Per-model limits as stored and shown: model -> the three limits."""
     if not limits:
         return None
-    return {
-        model: {
-            "requests_per_minute": lim.requests_per_minute,
-            "tokens_per_minute": lim.tokens_per_minute,
-            "concurrent_requests": lim.concurrent,
-        }
-        for model, lim in limits.items()
-    }
+    return {model: lim.as_json() for model, lim in limits.items()}
 
 
 def _model_limits_of(raw: dict[str, dict[str, int | None]] | None) -> dict[str, Limits] | None:
     if not raw:
         return None
-    return {
-        model: Limits(
-            lim.get("requests_per_minute"),
-            lim.get("tokens_per_minute"),
-            lim.get("concurrent_requests"),
-        )
-        for model, lim in raw.items()
-    }
+    return {model: Limits.from_json(lim) for model, lim in raw.items()}
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -54,7 +54,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -90,6 +90,23 @@ class Limits:
             and self.concurrent is None
         )
         object.__setattr__(self, "empty", empty)
+
+    def as_json(self) -> dict[str, int | None]:
+        """The limits as the API, the store and JWT claims name them."""
+        return {
+            "requests_per_minute": self.requests_per_minute,
+            "tokens_per_minute": self.tokens_per_minute,
+            "concurrent_requests": self.concurrent,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, int | None]) -> Limits:
+        """The inverse of ``as_json``; absent names are unset."""
+        return cls(
+            raw.get("requests_per_minute"),
+            raw.get("tokens_per_minute"),
+            raw.get("concurrent_requests"),
+        )
 
     def over(self, fallback: Limits) -> Limits:
         """These limits, with ``fallback``'s where a field here is unset."""

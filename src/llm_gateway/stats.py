@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_gateway.store.tables import usage_records as u
-from llm_gateway.usage import LATENCY_BUCKET_BASE
+from llm_gateway.usage import LATENCY_BUCKET_BASE, N_BUCKETS
 
 if TYPE_CHECKING:  # numpy is imported when a query runs, not with the app
     import numpy as np
@@ -65,29 +65,34 @@ _MEASURES = (
 
 
 def percentiles(
-    groups: npt.NDArray[np.int64], buckets: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]
+    groups: npt.NDArray[np.int64],
+    buckets: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64] | None = None,
+    n_groups: int | None = None,
 ) -> npt.NDArray[np.float64]:
-    """p50/p95/p99 (ms) per group from (group, bucket, count) rows, vectorised.
+    """p50/p95/p99 (ms) per group, vectorised, from rows of (group, latency bucket,
+    count); without ``counts`` every row counts once.
 
-    Returns an array of shape (max group + 1, len(QUANTILES)); a group without
-    any counted value gets NaN.
+    The rows are summed into one histogram per group; a quantile is the middle
+    of the first bucket whose running count reaches it. Returns an array of
+    shape (n_groups, len(QUANTILES)), n_groups defaulting to max group + 1; a
+    group without any counted value gets NaN.
     """
     import numpy as np
 
-    n_groups = int(groups.max()) + 1 if groups.size else 0
-    out = np.full((n_groups, len(QUANTILES)), np.nan)
+    n = n_groups if n_groups is not None else (int(groups.max()) + 1 if groups.size else 0)
+    out = np.full((n, len(QUANTILES)), np.nan)
     if not groups.size:
         return out
-    order = np.lexsort((buckets, groups))  # by group, then bucket
-    g, b, c = groups[order], buckets[order], counts[order]
-    cum = np.cumsum(c)  # non-decreasing across groups, since rows are sorted by group
-    totals = np.bincount(g, weights=c, minlength=n_groups).astype(np.int64)
-    starts = np.cumsum(totals) - totals  # values counted before each group
-    present = totals > 0
+    b = np.clip(buckets.astype(np.int64), 0, N_BUCKETS - 1)  # longer ones: the last bucket
+    hist = np.bincount(groups * N_BUCKETS + b, weights=counts, minlength=n * N_BUCKETS)
+    cum = hist.reshape(n, N_BUCKETS).cumsum(axis=1)
+    total = cum[:, -1]
+    present = total > 0
     for j, q in enumerate(QUANTILES):
-        rank = starts + np.maximum(1, np.ceil(q * totals)).astype(np.int64)
-        idx = np.searchsorted(cum, rank[present], side="left")  # first row reaching it
-        out[present, j] = bucket_middle_ms(b[idx])
+        rank = np.maximum(1, np.ceil(q * total))
+        idx = (cum >= rank[:, None]).argmax(axis=1)
+        out[present, j] = bucket_middle_ms(idx[present])
     return out
 
 
@@ -219,10 +224,7 @@ class UsageStats:
         # Records written between the totals query and this one are left out.
         known = [(index[k], r[n], r[n + 1]) for r in rows if (k := tuple(r[:n])) in index]
         table = np.array(known, dtype=np.int64).reshape(-1, 3)
-        result = np.full((len(index), len(QUANTILES)), np.nan)
-        p = percentiles(table[:, 0], table[:, 1], table[:, 2])
-        result[: len(p)] = p
-        return result
+        return percentiles(table[:, 0], table[:, 1], table[:, 2], n_groups=len(index))
 
     def _time_bucket(self, width: int) -> sa.ColumnElement[Any]:
         """floor(ts / width) * width, on SQLite and PostgreSQL."""

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 LOOKBACK_S = 2.0
 PAGE = 100_000
-N_BUCKETS = 600  # latency buckets: 1.05 ** 599 us is ~180 days; longer ones are clipped
 _STRINGS = ("user", "key", "model", "endpoint", "error")
 _NUMBERS: dict[str, str] = {
     "id": "int64",
@@ -70,8 +69,7 @@ _COLUMNS = (
 
 
 _SELECT = (
-    "SELECT id, ts, user_id, key_id, model, endpoint, error_type, status, prompt_tokens, "
-    "completion_tokens, latency_bucket, ttft_bucket, tokens_per_s FROM usage_records "
+    f"SELECT {', '.join(c.name for c in _COLUMNS)} FROM usage_records "
     "WHERE id > {} ORDER BY id LIMIT {}"
 )
 
@@ -312,7 +310,7 @@ class UsageColumns:
         bucket of ``bucket_s`` seconds) over [since, until), optionally one user or key."""
         import numpy as np
 
-        from llm_gateway.stats import QUANTILES, bucket_middle_ms
+        from llm_gateway.stats import percentiles
 
         if not self.n:
             return []
@@ -359,18 +357,8 @@ class UsageColumns:
         tps_n = np.bincount(inv[known], minlength=g)
 
         def quantiles(buckets: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-            valid = buckets >= 0
-            b = np.clip(buckets[valid].astype(np.int64), 0, N_BUCKETS - 1)
-            hist = np.bincount(inv[valid] * N_BUCKETS + b, minlength=g * N_BUCKETS)
-            cum = hist.reshape(g, N_BUCKETS).cumsum(axis=1)
-            total = cum[:, -1]
-            out = np.full((g, len(QUANTILES)), np.nan)
-            has = total > 0
-            for j, q in enumerate(QUANTILES):
-                rank = np.maximum(1, np.ceil(q * total))
-                idx = (cum >= rank[:, None]).argmax(axis=1)
-                out[has, j] = bucket_middle_ms(idx[has])
-            return out
+            valid = buckets >= 0  # -1: no first token
+            return percentiles(inv[valid], buckets[valid], n_groups=g)
 
         lat = quantiles(self.col("lat")[sel])
         ttft = quantiles(self.col("ttft")[sel])
