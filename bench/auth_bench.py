@@ -5,7 +5,10 @@ gets CPU 1):
 
 * off    - GATEWAY_AUTH=false, no limits
 * memory - API key auth + per-key limits (requests, tokens, concurrency) in process
-* redis  - the same, limits in Redis (REDIS_URL=redis://127.0.0.1:6379/0)
+* redis  - the same, limits in Redis: a redis-server of the bench's own,
+           pinned to CPU 1 beside wrk (in production Redis is another
+           machine; sharing CPU 0 would bill its Lua work to the gateway), or
+           --redis-url to use a running one
 
 The limits are set far above what the run can reach, so every request pays
 for the checks and none is refused. For each of --rounds interleaved rounds
@@ -18,7 +21,7 @@ With the dummy backend this isolates the gateway's own work; --model adds the
 same runs on the built-in model (max_tokens 4, -c4, two threads, unpinned)
 where inference dominates.
 
-Needs wrk (`apt-get install wrk`) and Redis on 127.0.0.1:6379.
+Needs wrk (`apt-get install wrk`) and redis-server (or --redis-url).
 
     .venv/bin/python bench/auth_bench.py [--rounds 9] [--seconds 3] [--model]
 """
@@ -37,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,7 +60,7 @@ VARIANTS: dict[str, dict[str, str]] = {
         "GATEWAY_REQUESTS_PER_MINUTE": HUGE,
         "GATEWAY_TOKENS_PER_MINUTE": HUGE,
         "GATEWAY_CONCURRENT_REQUESTS": HUGE,
-        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "REDIS_URL": "",  # set by main(): the bench's own redis-server, or --redis-url
     },
 }
 WRK_SCRIPT = """wrk.method = "POST"
@@ -218,6 +221,29 @@ def report(title: str, s: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+@contextmanager
+def own_redis(tmp: Path) -> Iterator[str]:
+    """A throwaway redis-server on a free port, pinned to CPU 1, keeping nothing on disk."""
+    port = free_port()
+    cmd = ["taskset", "-c", "1", "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    cmd += ["--save", "", "--appendonly", "no", "--dir", str(tmp)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def run(args: argparse.Namespace, model: bool) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="auth-bench-") as tmp:
         script = Path(tmp) / "post.lua"
@@ -238,6 +264,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--model", action="store_true", help="also measure on the built-in model")
+    p.add_argument("--redis-url", help="use this Redis instead of starting one on CPU 1")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "auth.json")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -248,13 +275,19 @@ def main(argv: list[str]) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]),
     }
-    print("[dummy backend, gateway pinned to CPU 0, wrk on CPU 1]")
-    out["dummy"] = run(args, model=False)
-    lines = report("dummy backend", out["dummy"])
-    if args.model:
-        print("[built-in model]")
-        out["model"] = run(args, model=True)
-        lines += report("built-in model", out["model"])
+    with tempfile.TemporaryDirectory(prefix="auth-bench-redis-") as rtmp, ExitStack() as stack:
+        if args.redis_url:
+            VARIANTS["redis"]["REDIS_URL"] = args.redis_url
+        else:
+            VARIANTS["redis"]["REDIS_URL"] = stack.enter_context(own_redis(Path(rtmp)))
+        out["redis_url"] = VARIANTS["redis"]["REDIS_URL"]
+        print("[dummy backend, gateway pinned to CPU 0, wrk on CPU 1]")
+        out["dummy"] = run(args, model=False)
+        lines = report("dummy backend", out["dummy"])
+        if args.model:
+            print("[built-in model]")
+            out["model"] = run(args, model=True)
+            lines += report("built-in model", out["model"])
     print("\n".join(["", *lines]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))

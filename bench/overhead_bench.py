@@ -4,6 +4,9 @@ A fast OpenAI-shaped mock upstream (bench/mock_upstream.py, pinned to CPU 1)
 serves three targets, measured side by side in interleaved rounds:
 
 * direct  - the mock itself (the baseline)
+* bare    - bench/bare_proxy.py: a pure-ASGI proxy on uvicorn with one aiohttp
+            session and nothing else (no auth, limits, usage or parsing),
+            pinned to CPU 0: the floor those two libraries set on this machine
 * ours    - `llm-gateway serve` with a models file pointing at the mock, pinned
             to CPU 0, with API-key auth, rate limits (memory, set far above
             what the run reaches) and usage recording all on
@@ -218,6 +221,16 @@ def main(args: argparse.Namespace) -> int:
                 assert time.monotonic() < deadline, "mock upstream did not start"
                 time.sleep(0.05)
 
+        # bare: uvicorn + aiohttp and nothing else
+        port = free_port()
+        bcmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "bench" / "bare_proxy.py")]
+        started = time.monotonic()
+        bcmd += [str(port), mock]
+        bproc = stack.enter_context(process(bcmd, dict(os.environ), tmp / "bare.log"))
+        bare = Target("bare", f"http://127.0.0.1:{port}", {}, bproc.pid)
+        wait_answer(bare, started, bproc)
+        targets.append(bare)
+
         # ours
         models = tmp / "models.yaml"
         models.write_text(f"models:\n  - name: m\n    backend: openai\n    url: {mock}/v1\n")
@@ -319,7 +332,7 @@ def main(args: argparse.Namespace) -> int:
     ]
     results["bars"] = {name: {"value": round(v, 3), "pass": ok} for name, v, ok in bars}
     print("\nmedians:")
-    for name in ("direct", "ours", "litellm"):
+    for name in ("direct", "bare", "ours", "litellm"):
         if name in results:
             print(f"  {name:8} {json.dumps({k: round(v, 3) for k, v in results[name].items()})}")
     for name, v, ok in bars:
