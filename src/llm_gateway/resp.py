@@ -1,0 +1,202 @@
+"""A lean Redis client for the rate limiter: RESP over one asyncio connection, parsed by hiredis.
+
+The limiter sends one EVALSHA per batch of requests, so what matters is the
+cost of one round trip. redis-py's asyncio client spends about 100 us of CPU on
+one on this machine (connection pool, locks, response handling); this one,
+about 45 us, most of it the system calls (bench: see docs/performance.md).
+
+One connection, commands pipelined on it: replies come back in the order the
+commands went out, matched to a queue of futures. A reply that is a Redis
+error raises ``RespError``. A connection that fails, or a command without a
+reply within ``timeout_s``, closes the connection and fails every command
+waiting on it with ``ConnectionError`` or ``TimeoutError`` (both ``OSError``):
+after a lost reply the stream cannot be trusted to line up. The next command
+connects again. Nothing is retried here: the caller decides (a script that
+may have run must not run twice).
+
+URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
+``unix:///path/to/socket[?db=N]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+
+
+class RespError(Exception):
+    """An error reply from Redis (``-ERR ...``, ``-NOSCRIPT ...``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """Where and how to connect, from a redis://, rediss:// or unix:// URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None  # a unix socket
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"not a Redis URL (redis://, rediss:// or unix://): {url!r}")
+        query = parse_qs(parts.query)
+        db_text = (query.get("db") or [""])[0] or parts.path.lstrip("/") or "0"
+        if parts.scheme == "unix":
+            db_text = (query.get("db") or ["0"])[0]
+        if not db_text.isdigit():
+            raise ValueError(f"Redis database must be a number, got {db_text!r} in {url!r}")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            path=parts.path if parts.scheme == "unix" else None,
+            db=int(db_text),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            tls=parts.scheme == "rediss",
+        )
+
+
+def pack(args: tuple[str | bytes | int, ...]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    """Feeds hiredis; hands each reply to the oldest waiting future."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        waiting = self.waiting
+        try:
+            while (reply := reader.gets()) is not False:
+                future = waiting.popleft()
+                if future.done():
+                    continue  # its caller gave up (cancelled)
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(RespError(str(reply)))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
+            self.fail(ConnectionError(f"Redis protocol error: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or ConnectionError("Redis closed the connection"))
+
+    def fail(self, exc: BaseException) -> None:
+        """Close, and fail every command still waiting."""
+        if self.lost is None:
+            self.lost = exc
+        if self.transport is not None:
+            self.transport.close()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(exc if isinstance(exc, OSError) else ConnectionError(str(exc)))
+
+
+class RespClient:
+    """Commands over one pipelined connection; see the module docstring."""
+
+    def __init__(self, url: str, *, timeout_s: float = 0.5) -> None:
+        self.address = RedisAddress.from_url(url)
+        self.timeout_s = timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+
+    async def call(self, *args: str | bytes | int) -> Any:
+        """Send one command, wait for its reply (at most ``timeout_s``)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connection()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        protocol.waiting.append(future)
+        assert protocol.transport is not None
+        protocol.transport.write(pack(args))
+        timer = loop.call_later(self.timeout_s, self._timed_out, protocol, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _timed_out(self, protocol: _Protocol, future: asyncio.Future[Any]) -> None:
+        if not future.done():
+            protocol.fail(TimeoutError(f"no reply from Redis within {self.timeout_s:g} s"))
+
+    async def _connection(self) -> _Protocol:
+        """The live connection, or a new one (one connect at a time)."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        a = self.address
+        protocol: _Protocol | None = None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if a.path is not None:
+                    _, protocol = await loop.create_unix_connection(_Protocol, a.path)
+                else:
+                    context = ssl.create_default_context() if a.tls else None
+                    _, protocol = await loop.create_connection(
+                        _Protocol, a.host, a.port, ssl=context
+                    )
+                if a.password is not None:
+                    user = (a.username,) if a.username else ()
+                    await RespClient._setup_call(protocol, ("AUTH", *user, a.password))
+                if a.db:
+                    await RespClient._setup_call(protocol, ("SELECT", a.db))
+        except BaseException:
+            if protocol is not None:
+                protocol.fail(ConnectionError("Redis connection set-up failed"))
+            raise
+        self._protocol = protocol
+        return protocol
+
+    @staticmethod
+    async def _setup_call(protocol: _Protocol, command: tuple[str | bytes | int, ...]) -> None:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(future)
+        assert protocol.transport is not None
+        protocol.transport.write(pack(command))
+        try:
+            await future
+        except RespError as exc:
+            raise ConnectionError(f"Redis refused {command[0]!r}: {exc}") from None
+
+    async def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
