@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 from types import FrameType
 
 import uvicorn
@@ -23,8 +24,8 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self.gateway = state
 
-    async def startup(self, sockets: list[object] | None = None) -> None:
-        await super().startup(sockets)  # type: ignore[arg-type]
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
         tune_gc()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
