@@ -15,7 +15,7 @@ let through half-open, and its success closes the breaker. An active health
 check (GET ``/models`` or ``/api/tags``) runs every ``HEALTH_INTERVAL_S`` and
 at start-up; ``/health`` shows every replica.
 
-All replicas share the app's one pooled aiohttp session (``HttpPool``).
+All replicas share the app's one pooled HTTP client (``HttpPool``, ``http1``).
 Closing the chunk iterator (client gone) closes the upstream response, which
 aborts the upstream request at once.
 """
@@ -30,10 +30,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 
 from llm_gateway.backends.base import ModelDetails
+from llm_gateway.backends.http1 import HttpResponse
 from llm_gateway.backends.upstream_config import HttpPool, UpstreamSpec
 from llm_gateway.backends.wire import (
     UpstreamStreamError,
@@ -130,6 +130,12 @@ class UpstreamBackend:
         self.replicas = [Replica(u, w) for u, w in zip(spec.urls, weights, strict=True)]
         self._health_task: asyncio.Task[None] | None = None
         self._started = False
+        self._headers = _auth_headers(spec)
+        self._post_headers = {
+            **self._headers,
+            "Accept": "text/event-stream" if spec.kind == "openai" else "*/*",
+            "Content-Type": "application/json",
+        }
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -175,28 +181,22 @@ class UpstreamBackend:
 
     async def _check(self, replica: Replica) -> None:
         path = "/models" if self.spec.kind == "openai" else "/api/tags"
-        timeout = aiohttp.ClientTimeout(total=self.spec.timeouts.connect_s + 2)
+        connect_s = self.spec.timeouts.connect_s
         try:
-            async with self.pool.session.get(
-                replica.url + path, headers=self._headers(), timeout=timeout
-            ) as resp:
-                ok = resp.status < 500
-                await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            async with asyncio.timeout(connect_s + 2):
+                resp = await self.pool.client.request(
+                    "GET", replica.url + path, headers=self._headers, connect_timeout_s=connect_s
+                )
+                async with resp:
+                    ok = resp.status < 500
+                    await resp.read()
+        except OSError as exc:  # TimeoutError and connection errors among them
             ok, replica.last_error = False, f"health check: {type(exc).__name__}: {exc}"
         replica.healthy = ok
         if ok and replica.state(time.monotonic()) == "half_open":
             replica.succeeded()  # the probe is the half-open trial
 
     # ---------------------------------------------------------------- requests
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream" if self.spec.kind == "openai" else "*/*"}
-        if self.spec.api_key_env:
-            key = os.environ.get(self.spec.api_key_env)
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-        return headers
 
     def _pick(self, tried: set[int]) -> tuple[Replica, bool] | None:
         """(replica, whether it is a half-open trial): least outstanding per weight
@@ -250,7 +250,7 @@ class UpstreamBackend:
                 if attempt + 1 < attempts:
                     await asyncio.sleep(BACKOFF_S * (2**attempt))
                 continue
-            except (aiohttp.ClientError, TimeoutError, OSError, UpstreamStreamError) as exc:
+            except (OSError, UpstreamStreamError) as exc:  # TimeoutError is an OSError
                 why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 replica.failed(why, time.monotonic())
                 if started:  # the client has text already: end it in band
@@ -277,7 +277,6 @@ class UpstreamBackend:
         )
         path, body = build(request, self.spec.model)
         t = self.spec.timeouts
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t.total_s
         # A stream's headers come with its first byte; a whole answer's only when
@@ -285,13 +284,14 @@ class UpstreamBackend:
         headers_by = loop.time() + t.first_byte_s if request.stream else deadline
         try:
             async with asyncio.timeout_at(min(headers_by, deadline)):
-                resp = await self.pool.session.post(
+                resp = await self.pool.client.request(
+                    "POST",
                     replica.url + path,
-                    data=orjson.dumps(body),
-                    headers={**self._headers(), "Content-Type": "application/json"},
-                    timeout=timeout,
+                    body=orjson.dumps(body),
+                    headers=self._post_headers,
+                    connect_timeout_s=t.connect_s,
                 )
-        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+        except OSError as exc:  # connection errors and timeouts: nothing reached the client
             raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         async with resp:
             if resp.status >= 400:
@@ -356,19 +356,16 @@ async def _merged(
     )
 
 
-async def _lines(
-    resp: aiohttp.ClientResponse, first_byte_s: float, deadline: float
-) -> AsyncIterator[bytes]:
+async def _lines(resp: HttpResponse, first_byte_s: float, deadline: float) -> AsyncIterator[bytes]:
     """Non-empty lines of the body. The first must come within first_byte_s; every
     read ends by the total deadline (applied per read, never across a yield)."""
-    content = resp.content
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout_at(min(loop.time() + first_byte_s, deadline)):
-            line = await content.readline()
+            line = await resp.readline()
     except TimeoutError as exc:
         raise _Retryable(f"no first byte within {first_byte_s:g} s") from exc
-    except ValueError as exc:  # aiohttp: a line too long
+    except ValueError as exc:  # a line too long
         raise UpstreamStreamError(f"unreadable upstream stream: {exc}") from exc
     while line:
         line = line.strip()
@@ -376,7 +373,7 @@ async def _lines(
             yield line
         try:
             async with asyncio.timeout_at(deadline):
-                line = await content.readline()
+                line = await resp.readline()
         except ValueError as exc:
             raise UpstreamStreamError(f"unreadable upstream stream: {exc}") from exc
 
@@ -390,7 +387,7 @@ def _sse_data(line: bytes) -> Chunk | None:
     return openai_event(data)
 
 
-async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
+async def _status_error(resp: HttpResponse) -> Exception:
     """The exception for an upstream error status: retryable, the caller's, or a 502."""
     text = (await resp.text(errors="replace"))[:500]
     message = text
@@ -403,3 +400,9 @@ async def _status_error(resp: aiohttp.ClientResponse) -> Exception:
     if resp.status in (400, 413, 422):
         return InvalidRequest(f"upstream rejected the request: {message}")
     return UpstreamError(f"upstream answered HTTP {resp.status}: {message}")
+
+
+def _auth_headers(spec: UpstreamSpec) -> dict[str, str]:
+    """Authorization with the key from the environment variable the models file names."""
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    return {"Authorization": f"Bearer {key}"} if key else {}

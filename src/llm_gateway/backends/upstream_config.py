@@ -1,7 +1,7 @@
 """What an upstream model is (from the models file) and the app's pooled HTTP client.
 
 Kept apart from ``upstream`` so that reading the models file and building the
-app import no HTTP client library; aiohttp loads with the first upstream call.
+app import no HTTP client; it loads with the first upstream call.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-import orjson
-
 if TYPE_CHECKING:
-    import aiohttp
+    from llm_gateway.backends.http1 import HttpClient
 
 UpstreamKind = Literal["openai", "ollama"]
 
@@ -39,27 +37,20 @@ class UpstreamSpec:
 
 
 class HttpPool:
-    """The app's one pooled HTTP client for upstreams; opened in the lifespan."""
+    """The app's one pooled HTTP client for upstreams (``http1``); closed in the lifespan."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        import aiohttp  # with the first upstream request, not with the app
+    def client(self) -> HttpClient:
+        if self._client is None:
+            from llm_gateway.backends.http1 import HttpClient  # with the first upstream call
 
-        if self._session is None or self._session.closed:
-            # Keep-alive pool shared by every upstream; no overall limit (replicas
-            # have their own max_concurrency), DNS cached.
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+            self._client = HttpClient()
+        return self._client
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
