@@ -22,7 +22,12 @@ from llm_gateway.api import dashboard, health
 from llm_gateway.api import keys as keys_routes
 from llm_gateway.api import stats as stats_routes
 from llm_gateway.api.dashboard import PUBLIC_PAGES
-from llm_gateway.api.http import gateway_error_handler, http_error_handler, unexpected_error_handler
+from llm_gateway.api.http import (
+    FastRoutes,
+    gateway_error_handler,
+    http_error_handler,
+    unexpected_error_handler,
+)
 from llm_gateway.api.limits import BodyLimit
 from llm_gateway.api.ollama import routes as ollama_routes
 from llm_gateway.api.openai import routes as openai_routes
@@ -52,6 +57,7 @@ def build_middleware(settings: Settings, state: GatewayState) -> list[Middleware
         Middleware(UsageMiddleware, recorder=lambda: state.recorder),
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
         Middleware(AuthMiddleware, state=state, enabled=settings.auth, public=frozenset(public)),
+        Middleware(FastRoutes, routes={**openai_routes.fast_routes, **ollama_routes.fast_routes}),
     ]
 
 

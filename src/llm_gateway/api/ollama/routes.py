@@ -20,9 +20,11 @@ from llm_gateway.api.http import (
     CLIENT_GONE,
     CancelOnDisconnect,
     EventStream,
+    JSONReply,
     JSONResponse,
     as_gateway_error,
     ndjson,
+    read_body,
 )
 from llm_gateway.api.ollama import convert
 from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest
@@ -39,9 +41,9 @@ Piece = Callable[[str, str], dict[str, Any]]
 Final = Callable[[str, str, Chunk], dict[str, Any]]
 
 
-async def generate(request: Request) -> Response | EventStream:
+async def generate(request: Request) -> Response | JSONReply | EventStream:
     state = GatewayState.of(request)
-    body = decode_body(await request.body(), GenerateRequest)
+    body = decode_body(await read_body(request), GenerateRequest)
     if not body.prompt and not body.raw:
         state.registry.resolve(body.model)  # 404 for an unknown model, as Ollama does
         return JSONResponse(convert.load_reply(body.model, chat=False))
@@ -51,9 +53,9 @@ async def generate(request: Request) -> Response | EventStream:
     )
 
 
-async def chat(request: Request) -> Response | EventStream:
+async def chat(request: Request) -> Response | JSONReply | EventStream:
     state = GatewayState.of(request)
-    body = decode_body(await request.body(), ChatRequest)
+    body = decode_body(await read_body(request), ChatRequest)
     if not body.messages:
         state.registry.resolve(body.model)
         return JSONResponse(convert.load_reply(body.model, chat=True))
@@ -65,13 +67,13 @@ async def chat(request: Request) -> Response | EventStream:
 
 async def _reply(
     request: Request, req: GenerationRequest, model: str, stream: bool, piece: Piece, final: Final
-) -> Response | EventStream:
+) -> Response | JSONReply | EventStream:
     service, principal = GatewayState.of(request).service, principal_of(request)
     if not stream:
         async with CancelOnDisconnect(request.receive):
             gen = await service.open(req, principal, record_of(request.scope))
             text, last = await gen.collect()
-            return JSONResponse(final(model, text, last), headers=gen.headers)
+            return JSONReply(final(model, text, last), gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
     gen = await service.open(req, principal, record_of(request.scope))
     return EventStream(_lines(gen, model, piece, final), NDJSON, gen.headers)
@@ -125,7 +127,7 @@ async def ps(request: Request) -> Response:
 
 async def show(request: Request) -> Response:
     state = GatewayState.of(request)
-    body = decode_body(await request.body(), ShowRequest)
+    body = decode_body(await read_body(request), ShowRequest)
     name = body.model or body.name
     if not name:
         raise InvalidRequest("'model' is required", param="model")
@@ -148,3 +150,5 @@ routes = [
     Route("/api/ps", ps, methods=["GET"]),
     Route("/api/version", version, methods=["GET"]),
 ]
+
+fast_routes = {("POST", "/api/generate"): generate, ("POST", "/api/chat"): chat}

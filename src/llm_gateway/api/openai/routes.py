@@ -23,8 +23,10 @@ from llm_gateway.api.http import (
     CLIENT_GONE,
     CancelOnDisconnect,
     EventStream,
+    JSONReply,
     JSONResponse,
     as_gateway_error,
+    read_body,
     sse,
 )
 from llm_gateway.api.openai import convert
@@ -44,9 +46,9 @@ def _ctx(prefix: str, model: str) -> convert.ReplyContext:
     )
 
 
-async def chat_completions(request: Request) -> Response | EventStream:
+async def chat_completions(request: Request) -> Response | JSONReply | EventStream:
     state = GatewayState.of(request)
-    body = decode_body(await request.body(), ChatCompletionRequest)
+    body = decode_body(await read_body(request), ChatCompletionRequest)
     ctx = _ctx("chatcmpl", body.model)
     if not body.stream:
         async with CancelOnDisconnect(request.receive):
@@ -54,7 +56,7 @@ async def chat_completions(request: Request) -> Response | EventStream:
                 convert.from_chat_request(body), principal_of(request), record_of(request.scope)
             )
             text, final = await gen.collect()
-            return JSONResponse(convert.chat_response(ctx, text, final), headers=gen.headers)
+            return JSONReply(convert.chat_response(ctx, text, final), gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
     gen = await state.service.open(
         convert.from_chat_request(body), principal_of(request), record_of(request.scope)
@@ -72,16 +74,16 @@ async def chat_completions(request: Request) -> Response | EventStream:
     )
 
 
-async def completions(request: Request) -> Response | EventStream:
+async def completions(request: Request) -> Response | JSONReply | EventStream:
     state = GatewayState.of(request)
-    body = decode_body(await request.body(), CompletionRequest)
+    body = decode_body(await read_body(request), CompletionRequest)
     ctx = _ctx("cmpl", body.model)
     req = convert.from_completion_request(body)
     if not body.stream:
         async with CancelOnDisconnect(request.receive):
             gen = await state.service.open(req, principal_of(request), record_of(request.scope))
             text, final = await gen.collect()
-            return JSONResponse(convert.completion_response(ctx, text, final), headers=gen.headers)
+            return JSONReply(convert.completion_response(ctx, text, final), gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
     gen = await state.service.open(req, principal_of(request), record_of(request.scope))
     usage = convert.wants_usage_in_stream(body)
@@ -140,3 +142,8 @@ routes = [
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", get_model, methods=["GET"]),
 ]
+
+fast_routes = {
+    ("POST", "/v1/chat/completions"): chat_completions,
+    ("POST", "/v1/completions"): completions,
+}
