@@ -243,3 +243,24 @@ async def test_https(tmp_path: Path) -> None:
         await strict.request("GET", f"https://127.0.0.1:{srv.port}/")
     await strict.close()
     await srv.stop()
+
+
+async def test_a_deadline_fails_the_wait_and_closes_the_connection(client: HttpClient) -> None:
+    srv = await Server(
+        lambda head, body: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab\n\r\n"
+    ).start()  # one line, then silence
+    loop = asyncio.get_running_loop()
+    resp = await client.request("GET", f"http://127.0.0.1:{srv.port}/", deadline=loop.time() + 5)
+    assert await resp.readline() == b"ab\n"
+    resp.set_deadline(loop.time() + 0.1, "the next line")
+    started = loop.time()
+    with pytest.raises(TimeoutError, match="timed out waiting for the next line"):
+        await resp.readline()
+    assert loop.time() - started < 1
+    await asyncio.wait_for(srv.disconnected.wait(), 2)
+    await srv.stop()
+
+    silent = await Server(lambda head, body: b"").start()  # never answers
+    with pytest.raises(TimeoutError):
+        await client.request("GET", f"http://127.0.0.1:{silent.port}/", deadline=loop.time() + 0.1)
+    await silent.stop()

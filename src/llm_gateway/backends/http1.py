@@ -19,7 +19,9 @@ more, with httptools (llhttp, the parser uvicorn uses) doing the parsing:
 
 Errors are ``OSError``s: ``ConnectionError`` for a connection that fails or
 closes early, ``HttpProtocolError`` for an answer that is not HTTP,
-``TimeoutError`` for the connect timeout (the caller bounds the rest). Leaving
+``TimeoutError`` for the connect timeout and for a deadline (event-loop time)
+that passes: one timer per response, moved with ``set_deadline``, instead of
+a timeout context around every read. Leaving
 a response before its body is complete closes its connection: that is how an
 abandoned upstream request is aborted at once.
 """
@@ -164,6 +166,21 @@ class HttpResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._released = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def set_deadline(self, when: float | None, what: str = "the upstream's answer") -> None:
+        """Fail with TimeoutError when the loop's clock reaches ``when`` (None: never)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and not self.complete:
+            self._timer = asyncio.get_running_loop().call_at(when, self._expire, what)
+
+    def _expire(self, what: str) -> None:
+        self._timer = None
+        if not self.complete:
+            self.fail(TimeoutError(f"timed out waiting for {what}"))
+            self._conn.close()
 
     # fed by the connection
     def on_headers(self) -> None:
@@ -181,6 +198,9 @@ class HttpResponse:
 
     def finish(self) -> None:
         self.complete = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wake()
 
     def fail(self, exc: BaseException) -> None:
@@ -257,6 +277,9 @@ class HttpResponse:
         if self._released:
             return
         self._released = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         conn = self._conn
         conn.response = None
         if self.complete and self.reusable and self._error is None and not self._paused:
@@ -290,11 +313,12 @@ class HttpClient:
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
         connect_timeout_s: float = 10.0,
+        deadline: float | None = None,
     ) -> HttpResponse:
         """Send a request and return once its status and headers have arrived.
 
-        The caller bounds the wait for headers (``asyncio.timeout``); the
-        connect alone is bounded here.
+        ``deadline`` (event-loop time) bounds the wait for the headers and, until
+        moved with ``set_deadline``, for the rest of the answer.
         """
         target = parse_url(url)
         conn = await self._connection(target.origin, connect_timeout_s)
@@ -308,6 +332,8 @@ class HttpClient:
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))
         head.append(body)
         response = HttpResponse(self, conn, target.origin)
+        if deadline is not None:
+            response.set_deadline(deadline)
         conn.start(b"".join(head), response)
         try:
             await response.wait_headers()

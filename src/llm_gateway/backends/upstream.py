@@ -283,29 +283,29 @@ class UpstreamBackend:
         # the generation is done, so it waits for the total deadline instead.
         headers_by = loop.time() + t.first_byte_s if request.stream else deadline
         try:
-            async with asyncio.timeout_at(min(headers_by, deadline)):
-                resp = await self.pool.client.request(
-                    "POST",
-                    replica.url + path,
-                    body=orjson.dumps(body),
-                    headers=self._post_headers,
-                    connect_timeout_s=t.connect_s,
-                )
+            resp = await self.pool.client.request(
+                "POST",
+                replica.url + path,
+                body=orjson.dumps(body),
+                headers=self._post_headers,
+                connect_timeout_s=t.connect_s,
+                deadline=min(headers_by, deadline),
+            )
         except OSError as exc:  # connection errors and timeouts: nothing reached the client
             raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         async with resp:
             if resp.status >= 400:
-                async with asyncio.timeout_at(deadline):
-                    raise await _status_error(resp)
+                resp.set_deadline(deadline)
+                raise await _status_error(resp)
             if not request.stream:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        data = await resp.read()
+                    data = await resp.read()  # by the total deadline, set with the request
                 except TimeoutError as exc:
                     raise _Retryable(f"no answer within {t.total_s:g} s") from exc
                 whole = openai_reply if self.spec.kind == "openai" else ollama_reply
                 yield _parsed(whole, data)
                 return
+            resp.set_deadline(min(loop.time() + t.first_byte_s, deadline), "the first byte")
             async for chunk in _merged(_lines(resp, t.first_byte_s, deadline), parse):
                 yield chunk
 
@@ -357,23 +357,21 @@ async def _merged(
 
 
 async def _lines(resp: HttpResponse, first_byte_s: float, deadline: float) -> AsyncIterator[bytes]:
-    """Non-empty lines of the body. The first must come within first_byte_s; every
-    read ends by the total deadline (applied per read, never across a yield)."""
-    loop = asyncio.get_running_loop()
+    """Non-empty lines of the body. The first must come within first_byte_s (the
+    response's deadline when called), every one by the total deadline."""
     try:
-        async with asyncio.timeout_at(min(loop.time() + first_byte_s, deadline)):
-            line = await resp.readline()
+        line = await resp.readline()
     except TimeoutError as exc:
         raise _Retryable(f"no first byte within {first_byte_s:g} s") from exc
     except ValueError as exc:  # a line too long
         raise UpstreamStreamError(f"unreadable upstream stream: {exc}") from exc
+    resp.set_deadline(deadline)
     while line:
         line = line.strip()
         if line:
             yield line
         try:
-            async with asyncio.timeout_at(deadline):
-                line = await resp.readline()
+            line = await resp.readline()
         except ValueError as exc:
             raise UpstreamStreamError(f"unreadable upstream stream: {exc}") from exc
 
