@@ -148,8 +148,14 @@ class Decision:
     allowed: bool
     reason: str | None
     retry_after_s: float
-    headers: dict[str, str]
+    raw_headers: list[tuple[bytes, bytes]]
+    """OpenAI's x-ratelimit-* headers, encoded once, as they are sent."""
     reservation: Reservation | None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The same headers as text."""
+        return {k.decode(): v.decode() for k, v in self.raw_headers}
 
 
 class RateLimiter(Protocol):
@@ -188,7 +194,6 @@ def format_duration(seconds: float) -> str:
     return _format_ms(math.ceil(seconds * 1000 - 1e-6))
 
 
-@functools.lru_cache(maxsize=(WINDOW_S + 2) * 1000)  # every reset a window can produce
 def _format_ms(ms: int) -> str:
     if ms < 1000:
         return f"{ms}ms" if ms > 0 else "0s"
@@ -202,14 +207,23 @@ def _format_ms(ms: int) -> str:
     return f"{minutes // 60}h{minutes % 60}m{text}"
 
 
+@functools.lru_cache(maxsize=(WINDOW_S + 2) * 1000)
+def _duration_bytes(ms: int) -> bytes:
+    return _format_ms(ms).encode()
+
+
+RawHeaders = list[tuple[bytes, bytes]]
+"""Response headers as ASGI sends them: lower-case names and values, in bytes."""
+
+
 def rate_headers(
     limits: Limits,
     requests: int,
     requests_reset_s: float,
     tokens: int,
     tokens_reset_s: float,
-) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers for the limits that are set.
+) -> RawHeaders:
+    """OpenAI's x-ratelimit-* headers for the limits that are set, ready to send.
 
     ``requests`` and ``tokens`` are the current usage in the window (including
     this request when it was admitted); the resets are the seconds until the
@@ -217,29 +231,28 @@ def rate_headers(
     """
     rpm = limits.requests_per_minute
     tpm = limits.tokens_per_minute
-    if tpm is None:
-        if rpm is None:
-            return {}
-        return {
-            "x-ratelimit-limit-requests": str(rpm),
-            "x-ratelimit-remaining-requests": str(rpm - requests if requests < rpm else 0),
-            "x-ratelimit-reset-requests": format_duration(requests_reset_s),
-        }
-    headers = {
-        "x-ratelimit-limit-tokens": str(tpm),
-        "x-ratelimit-remaining-tokens": str(tpm - tokens if tokens < tpm else 0),
-        "x-ratelimit-reset-tokens": format_duration(tokens_reset_s),
-    }
+    headers: RawHeaders = []
+    if tpm is not None:
+        headers += (
+            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
+            (b"x-ratelimit-remaining-tokens", b"%d" % (tpm - tokens if tokens < tpm else 0)),
+            (b"x-ratelimit-reset-tokens", _duration_bytes(math.ceil(tokens_reset_s * 1000 - 1e-6))),
+        )
     if rpm is not None:
-        headers["x-ratelimit-limit-requests"] = str(rpm)
-        headers["x-ratelimit-remaining-requests"] = str(rpm - requests if requests < rpm else 0)
-        headers["x-ratelimit-reset-requests"] = format_duration(requests_reset_s)
+        headers += (
+            (b"x-ratelimit-limit-requests", b"%d" % rpm),
+            (b"x-ratelimit-remaining-requests", b"%d" % (rpm - requests if requests < rpm else 0)),
+            (
+                b"x-ratelimit-reset-requests",
+                _duration_bytes(math.ceil(requests_reset_s * 1000 - 1e-6)),
+            ),
+        )
     return headers
 
 
 def _unlimited(key: str) -> Decision:
     """Admission with nothing counted (no limits, or failing open)."""
-    return Decision(True, None, 0.0, {}, Reservation(key, ""))
+    return Decision(True, None, 0.0, [], Reservation(key, ""))
 
 
 # --------------------------------------------------------------------------- memory

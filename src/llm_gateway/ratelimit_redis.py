@@ -417,7 +417,7 @@ class RedisLimiter:
         """The answer while Redis cannot be reached."""
         if self._fail_open:
             return _unlimited(key)
-        return Decision(False, "unavailable", 1.0, {}, None)
+        return Decision(False, "unavailable", 1.0, [], None)
 
     def _failed(self, exc: BaseException) -> None:
         """Record a failure: unhealthy, back off a moment, warn now and then."""

@@ -24,7 +24,7 @@ from llm_gateway.errors import (
     UpstreamUnavailable,
 )
 from llm_gateway.models import ModelEntry, Registry
-from llm_gateway.ratelimit import Decision, Limits, RateLimiter
+from llm_gateway.ratelimit import Decision, Limits, RateLimiter, RawHeaders
 from llm_gateway.types import Chunk, GenerationRequest, Usage
 from llm_gateway.usage import UsageRecord
 
@@ -48,7 +48,7 @@ class Generation:
         self._admission = admission
         self._record = record
         self.usage: Usage | None = first.usage
-        self.headers = admission.headers if admission is not None else {}
+        self.headers: RawHeaders = admission.headers if admission is not None else []
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._iterate()
@@ -103,7 +103,7 @@ class Admission:
         self._limiter = limiter
         self._reservation = decision.reservation
         self._estimate = estimate
-        self.headers = decision.headers
+        self.headers = decision.raw_headers
 
     def settle(self, used_tokens: int | None) -> None:
         """Real usage replaces the estimate (the estimate stays when usage is unknown).

@@ -38,14 +38,14 @@ class JSONReply:
 
     __slots__ = ("body", "headers")
 
-    def __init__(self, content: Any, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, content: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.body = body = orjson.dumps(content)
         self.headers = [
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
         ]
         if headers:
-            self.headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            self.headers += headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.headers})
@@ -160,7 +160,10 @@ class EventStream:
     """A streaming ASGI response that watches for client disconnects while it writes."""
 
     def __init__(
-        self, body: AsyncIterator[bytes], media_type: str, headers: dict[str, str] | None = None
+        self,
+        body: AsyncIterator[bytes],
+        media_type: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.body = body
         self.headers = [
@@ -168,7 +171,7 @@ class EventStream:
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]  # nginx: do not buffer the stream
-        self.headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.headers += headers or ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
