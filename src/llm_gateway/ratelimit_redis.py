@@ -186,6 +186,8 @@ class _Call:
     call: str
     reply: asyncio.Future[Any] | None
     tries: int = 0
+    admission: tuple[str, str, Limits, int] | None = None
+    """(key, id, limits, estimate) of an admission, to release it if its caller left."""
 
 
 class RedisLimiter:
@@ -252,26 +254,25 @@ class RedisLimiter:
             f"a {rid} {_arg(limits.requests_per_minute)} {_arg(limits.tokens_per_minute)} "
             f"{_arg(limits.concurrent)} {estimate}"
         )
-        reply = self._call(self._base(key), call, wait=True)
+        reply = self._call(self._base(key), call, wait=True, admission=(key, rid, limits, estimate))
         assert reply is not None
         try:
-            # Shielded: a caller cancelled while its batch is on the wire must not
-            # leave an admission nobody settles (it would hold a slot for 10 min).
-            raw = await asyncio.shield(reply)
+            raw = await reply
         except (RespError, OSError):
             return self._unavailable(key)  # logged by the batch
         except asyncio.CancelledError:
-            reply.add_done_callback(lambda done: self._release(done, key, rid, limits, estimate))
+            # Cancelled while its batch was on the wire: the reply future is
+            # cancelled too, and the batch releases the admission when it lands
+            # (it must not hold a slot for 10 min). Cancelled just after the
+            # reply landed: release it here.
+            if reply.done() and not reply.cancelled() and reply.exception() is None:
+                self._release((key, rid, limits, estimate), reply.result())
             raise
         return self._decision(key, rid, limits, estimate, raw)
 
-    def _release(
-        self, done: asyncio.Future[Any], key: str, rid: str, limits: Limits, estimate: int
-    ) -> None:
+    def _release(self, admission: tuple[str, str, Limits, int], raw: list[int]) -> None:
         """Settle (with 0 tokens) an admission whose caller was cancelled."""
-        if done.cancelled() or done.exception() is not None:
-            return
-        reservation = self._decision(key, rid, limits, estimate, done.result()).reservation
+        reservation = self._decision(*admission, raw).reservation
         if reservation is not None:
             self.settle_soon(reservation, 0)
 
@@ -313,7 +314,14 @@ class RedisLimiter:
 
     # ------------------------------------------------------------- batching
 
-    def _call(self, base: str, call: str, *, wait: bool) -> asyncio.Future[Any] | None:
+    def _call(
+        self,
+        base: str,
+        call: str,
+        *,
+        wait: bool,
+        admission: tuple[str, str, Limits, int] | None = None,
+    ) -> asyncio.Future[Any] | None:
         """Queue one call for the next batch; its reply future when ``wait``.
 
         An admission goes out after this loop turn (calls made in it ride
@@ -323,7 +331,7 @@ class RedisLimiter:
         """
         loop = asyncio.get_running_loop()
         reply = loop.create_future() if wait else None
-        self._queue.append(_Call(base, call, reply))
+        self._queue.append(_Call(base, call, reply, 0, admission))
         if reply is None:
             if self._settle_timer is None:
                 self._settle_timer = loop.call_later(SETTLE_DELAY_S, self._flush_settlements)
@@ -366,7 +374,11 @@ class RedisLimiter:
             if self._queue:
                 self._kick()
         for i, call in enumerate(batch):
-            if call.reply is None or call.reply.done():
+            if call.reply is None:
+                continue
+            if call.reply.done():  # cancelled: its caller left while the batch was out
+                if call.admission is not None and not isinstance(replies, BaseException):
+                    self._release(call.admission, replies[i])
                 continue
             if isinstance(replies, BaseException):
                 call.reply.set_exception(replies)

@@ -193,6 +193,7 @@ class UsageRecorder:
         self._buffer: deque[UsageRecord] = deque()
         self._fresh: list[UsageRecord] = []  # not yet shown to the observers
         self._wake = asyncio.Event()
+        self._since_wake = 0  # records added since the writer last woke
         self._task: asyncio.Task[None] | None = None
         self._backoff = 0.0
         self._last_warning = -math.inf
@@ -212,7 +213,11 @@ class UsageRecorder:
             self._warn(f"usage buffer full ({self._max_buffer} records); dropped {self.dropped}")
         else:
             self._buffer.append(record)
-            if len(self._buffer) >= self._batch_size:
+            self._since_wake += 1
+            if self._since_wake == self._batch_size:
+                # A full batch waits no longer than this; once, not at every record
+                # added while a write is on its way (that kept the writer writing
+                # tiny batches back to back: ~4 writes and polls per 10 requests).
                 self._wake.set()
         self._fresh.append(record)
 
@@ -234,13 +239,20 @@ class UsageRecorder:
                 async with asyncio.timeout(self._interval + self._backoff):
                     await self._wake.wait()
             self._wake.clear()
+            self._since_wake = 0
             self.observe()
             await self.flush()
 
     async def flush(self) -> bool:
-        """Write everything buffered; False (records kept) when the database fails."""
-        while self._buffer:
-            batch = [self._buffer[i] for i in range(min(self._batch_size, len(self._buffer)))]
+        """Write what is buffered now; False (records kept) when the database fails.
+
+        Records added while it writes wait for the next flush: chasing them kept
+        the writer busy with tiny batches back to back under load (each one a
+        database round trip and a poll of the stats columns).
+        """
+        left = len(self._buffer)
+        while left > 0:
+            batch = [self._buffer[i] for i in range(min(self._batch_size, left))]
             try:
                 await self._insert(batch)
             except Exception as exc:  # unreachable, locked, ...: keep them, try later
@@ -254,6 +266,7 @@ class UsageRecorder:
                 return False
             for _ in batch:
                 self._buffer.popleft()
+            left -= len(batch)
             self.written += len(batch)
             self.healthy = True
             self._backoff = 0.0
@@ -291,7 +304,11 @@ class UsageRecorder:
             self._task = None
         self.observe()
         deadline = time.monotonic() + timeout_s
-        while not await self.flush() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while time.monotonic() < deadline:
+            if await self.flush():
+                if not self._buffer:
+                    break
+                continue  # written; more came in meanwhile
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         if self._buffer:
             self.dropped += len(self._buffer)

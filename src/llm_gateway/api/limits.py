@@ -21,8 +21,12 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await error_response(self._error(), scope)(scope, receive, send)
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self.max_bytes:
+                    await error_response(self._error(), scope)(scope, receive, send)
+                    return
+                # The server reads exactly Content-Length bytes of body: no count needed.
+                await self.app(scope, receive, send)
                 return
         seen = 0
 
