@@ -206,7 +206,7 @@ class RedisLimiter:
     once for ``DOWN_BACKOFF_S``.
     """
 
-    IN_FLIGHT = 2
+    IN_FLIGHT = 4
     MAX_BATCH = 256
 
     def __init__(
