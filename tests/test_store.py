@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from llm_gateway.keys import KeyStore, NewKey, parse_key
-from llm_gateway.store.database import create_engine, migrate, resolve_url
+from llm_gateway.store.database import create_engine, head_revision, migrate, resolve_url
 
 PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
@@ -121,3 +121,54 @@ def test_head_revision_matches_alembic() -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     assert ScriptDirectory.from_config(config).get_current_head() == head_revision()
+
+
+def _schema(connection: sa.Connection) -> dict[str, object]:
+    """Tables, columns (type, nullability), primary keys and indexes, order aside."""
+    insp = sa.inspect(connection)
+    out: dict[str, object] = {}
+    for table in sorted(insp.get_table_names()):
+        columns = {
+            c["name"]: (str(c["type"]).split("(")[0], c["nullable"])
+            for c in insp.get_columns(table)
+        }
+        indexes = sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                         for i in insp.get_indexes(table))  # fmt: skip
+        out[table] = (columns, insp.get_pk_constraint(table)["constrained_columns"], indexes)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_a_fresh_database_gets_the_schema_the_migrations_build(
+    kind: str, tmp_path: Path
+) -> None:
+    """An empty database is created from tables.py (no Alembic in memory): it must be
+    exactly what running every migration builds, and stamped at the head."""
+    schemas = []
+    for fresh in (False, True):
+        name = f"gw_test_{uuid.uuid4().hex[:12]}"
+        if kind == "sqlite":
+            url = resolve_url(f"sqlite:///{tmp_path / name}.db", tmp_path)
+        else:
+            admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            async with admin.connect() as conn:
+                await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            url = resolve_url(f"postgresql://postgres@127.0.0.1:5432/{name}", tmp_path)
+        engine = create_engine(url)
+        try:
+            await migrate(engine, fresh_without_alembic=fresh)
+            async with engine.connect() as conn:
+                schemas.append(await conn.run_sync(_schema))
+                version = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+                assert version.scalar() == head_revision()
+            store = KeyStore(engine)  # and it works
+            await store.create(NewKey(name="a", owner="alice"))
+            assert len(await store.list()) == 1
+        finally:
+            await engine.dispose()
+            if kind == "postgresql":
+                async with admin.connect() as conn:
+                    await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+                await admin.dispose()
+    assert schemas[0] == schemas[1]
+    assert "usage_records" in schemas[0] and "api_keys" in schemas[0]  # type: ignore[operator]

@@ -1,7 +1,9 @@
-"""The recent usage records as numpy columns in memory, so statistics need no table scan.
+"""The recent usage records as typed columns in memory, so statistics need no table scan.
 
 ``UsageColumns`` holds the records of the last ``window_s`` seconds (31 days by
 default; about 50 bytes each) as typed arrays, strings dictionary-encoded.
+The arrays are the standard library's ``array.array``; numpy (10 MB of
+memory) loads with the first statistics query, which reads them in place.
 It is filled from the store at start-up and kept in step by polling for rows
 with a larger id (every second, and right after this process writes), so the
 records of every replica sharing the database show up, a second or so late.
@@ -19,9 +21,12 @@ Over a million records that takes tens of milliseconds.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+import math
 import time
+from array import array
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,16 +46,20 @@ log = logging.getLogger(__name__)
 LOOKBACK_S = 2.0
 PAGE = 100_000
 _STRINGS = ("user", "key", "model", "endpoint", "error")
-_NUMBERS: dict[str, str] = {
-    "id": "int64",
-    "ts": "float64",
-    "status": "int16",
-    "prompt": "int32",
-    "completion": "int32",
-    "lat": "int16",
-    "ttft": "int16",  # -1: no first token
-    "tps": "float32",  # NaN: unknown
+_NUMBERS: dict[str, str] = {  # array typecodes: q int64, d float64, h int16, i int32, f float32
+    "id": "q",
+    "ts": "d",
+    "status": "h",
+    "prompt": "i",
+    "completion": "i",
+    "lat": "h",
+    "ttft": "h",  # -1: no first token
+    "tps": "f",  # NaN: unknown
 }
+_TYPES = _NUMBERS | dict.fromkeys(_STRINGS, "i")
+_DTYPES = {"q": "int64", "d": "float64", "h": "int16", "i": "int32", "f": "float32"}
+TRIM_MIN = 4096
+"""Records that left the window are dropped once at least this many have (or 1/64 of all)."""
 _COLUMNS = (
     u.c.id,
     u.c.ts,
@@ -111,7 +120,7 @@ class UsageColumns:
         self.engine = engine
         self.window_s = window_s
         self.n = 0
-        self._cols: dict[str, Any] = {}  # made with the first record: numpy loads only then
+        self._cols: dict[str, array[Any]] = {name: array(t) for name, t in _TYPES.items()}
         self.dicts = {name: _Dictionary() for name in _STRINGS}
         self.loaded = False
         self.complete_since = float("inf")  # every record from here on is in memory
@@ -128,11 +137,23 @@ class UsageColumns:
     @property
     def nbytes(self) -> int:
         """Memory held by the columns (allocated capacity, not only the records)."""
-        return sum(int(a.nbytes) for a in self._cols.values())
+        return sum(a.buffer_info()[1] * a.itemsize for a in self._cols.values())
 
     def col(self, name: str) -> Any:
-        """A column, trimmed to the records held."""
-        return self._cols[name][: self.n]
+        """A column as a numpy array that reads the column in place (numpy loads here)."""
+        import numpy as np
+
+        arr = self._cols[name]
+        return np.frombuffer(arr, dtype=_DTYPES[arr.typecode], count=self.n)
+
+    def _extend(self, name: str, values: Any) -> None:
+        """Append to a column; one a query still reads in place is copied first."""
+        try:
+            self._cols[name].extend(values)
+        except BufferError:
+            grown = array(self._cols[name].typecode, self._cols[name])
+            grown.extend(values)
+            self._cols[name] = grown
 
     # ---------------------------------------------------------------- sync
 
@@ -217,61 +238,42 @@ class UsageColumns:
         fresh = [r for r in rows if r[0] not in self._recent]
         if not fresh:
             return 0
-        import numpy as np
-
         k = len(fresh)
-        self._reserve(self.n + k)
-        s = slice(self.n, self.n + k)
-        c = self._cols
-        c["id"][s] = [r[0] for r in fresh]
-        c["ts"][s] = [r[1] for r in fresh]
+        ext = self._extend
+        ext("id", [r[0] for r in fresh])
+        ext("ts", [r[1] for r in fresh])
         for j, name in enumerate(_STRINGS, start=2):
-            d = self.dicts[name]
-            c[name][s] = [d.code(r[j]) for r in fresh]
-        c["status"][s] = [r[7] for r in fresh]
-        c["prompt"][s] = [r[8] for r in fresh]
-        c["completion"][s] = [r[9] for r in fresh]
-        c["lat"][s] = [r[10] for r in fresh]
-        c["ttft"][s] = [-1 if r[11] is None else r[11] for r in fresh]
-        c["tps"][s] = np.array([np.nan if r[12] is None else r[12] for r in fresh])
+            code = self.dicts[name].code
+            ext(name, [code(r[j]) for r in fresh])
+        ext("status", [r[7] for r in fresh])
+        ext("prompt", [r[8] for r in fresh])
+        ext("completion", [r[9] for r in fresh])
+        ext("lat", [r[10] for r in fresh])
+        ext("ttft", [-1 if r[11] is None else r[11] for r in fresh])
+        ext("tps", [math.nan if r[12] is None else r[12] for r in fresh])
         self.n += k
         ids = [r[0] for r in fresh]
         self._max_id = max(self._max_id, *ids)
         self._recent.update(ids)
         return k
 
-    def _reserve(self, size: int) -> None:
-        import numpy as np
-
-        if not self._cols:
-            types = dict(_NUMBERS) | dict.fromkeys(_STRINGS, "int32")
-            self._cols = {name: np.empty(0, dtype) for name, dtype in types.items()}
-        capacity = len(self._cols["id"])
-        if size <= capacity:
-            return
-        new = max(size, capacity * 2, 1024)
-        for name, arr in self._cols.items():
-            grown = np.empty(new, arr.dtype)
-            grown[: self.n] = arr[: self.n]
-            self._cols[name] = grown
-
     def _trim(self, now: float) -> None:
-        """Forget records older than the window (retention deletes them from the store too)."""
+        """Forget records older than the window (retention deletes them from the store too).
+
+        Records come in id order, which is time order give or take the
+        PostgreSQL look-back, so the old ones are a prefix; they are cut once
+        enough have gathered (each cut moves every column).
+        """
         floor = now - self.window_s
         self.complete_since = max(self.complete_since, floor)
-        if not self.n:
-            return
-        import numpy as np
-
-        ts = self.col("ts")
-        old = ts < floor
-        if self.n and old.any():
-            keep = np.flatnonzero(~old)
-            for name, arr in self._cols.items():
-                kept = arr[keep]
-                arr[: len(kept)] = kept
-                self._cols[name] = arr
-            self.n = len(keep)
+        old = bisect.bisect_left(self._cols["ts"], floor, 0, self.n)
+        if old and (old >= TRIM_MIN or old * 64 >= self.n or old == self.n):
+            for name in list(self._cols):
+                try:
+                    del self._cols[name][:old]
+                except BufferError:  # a query reads it in place: cut a copy
+                    self._cols[name] = self._cols[name][old:]
+            self.n -= old
 
     def covers(self, since: float) -> bool:
         """Whether every record from ``since`` on is held here."""

@@ -6,6 +6,11 @@
 
 Migrations are Alembic scripts shipped in the package (migrations/versions); they
 run on an async connection through `run_sync`, so no alembic.ini is needed.
+Alembic costs ~12 MB of memory for the life of the process, so it is imported
+only to upgrade an existing older schema: a current one needs nothing, and an
+empty database gets the tables from ``tables.metadata`` (what the migrations
+build; a test compares the two on both databases) stamped with the head
+revision, as ``alembic stamp head`` would.
 """
 
 from __future__ import annotations
@@ -67,9 +72,32 @@ def _current(connection: Connection) -> str | None:
     return str(version) if version is not None else None
 
 
-def _upgrade(connection: Connection) -> None:
-    if _current(connection) == head_revision():
-        return  # already up to date: Alembic (~11 MB, ~150 ms to import) is not needed
+def _create_fresh(connection: Connection) -> None:
+    """The newest schema in an empty database, stamped as Alembic would stamp it."""
+    from llm_gateway.store.tables import metadata
+
+    metadata.create_all(connection)
+    version = sa.Table(
+        "alembic_version",
+        sa.MetaData(),
+        sa.Column("version_num", sa.String(32), nullable=False),
+        sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+    )
+    version.create(connection)
+    connection.execute(version.insert().values(version_num=head_revision()))
+
+
+def _upgrade(connection: Connection, *, fresh_without_alembic: bool = True) -> None:
+    current = _current(connection)
+    if current == head_revision():
+        return  # already up to date: Alembic (~12 MB, ~150 ms to import) is not needed
+    if current is None and fresh_without_alembic:
+        from llm_gateway.store.tables import metadata
+
+        existing = set(sa.inspect(connection).get_table_names())
+        if not existing & set(metadata.tables):
+            _create_fresh(connection)
+            return
     from alembic import command
     from alembic.config import Config
 
@@ -79,8 +107,9 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest version (idempotent; safe on every start)."""
+async def migrate(engine: AsyncEngine, *, fresh_without_alembic: bool = True) -> None:
+    """Bring the schema to the newest version (idempotent; safe on every start).
+    ``fresh_without_alembic=False`` runs every migration even on an empty database."""
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        await conn.run_sync(_upgrade, fresh_without_alembic=fresh_without_alembic)
     log.info("database schema is up to date (%s)", engine.url.render_as_string())
