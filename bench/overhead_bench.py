@@ -291,6 +291,7 @@ def main(args: argparse.Namespace) -> int:
                 c1 = wrk(t, script, 1, args.seconds)
                 c16 = wrk(t, script, 16, args.seconds)
                 c64 = wrk(t, script, 64, args.seconds)
+                time.sleep(2)  # the usage records of the load are written and counted first
                 st = streams(t, args.streams)
                 row = {
                     "c1_p50_ms": c1["p50_ms"],

@@ -58,6 +58,8 @@ _NUMBERS: dict[str, str] = {  # array typecodes: q int64, d float64, h int16, i 
 }
 _TYPES = _NUMBERS | dict.fromkeys(_STRINGS, "i")
 _DTYPES = {"q": "int64", "d": "float64", "h": "int16", "i": "int32", "f": "float32"}
+APPEND_SLICE = 500
+"""Rows turned into columns in one go on the event loop."""
 TRIM_MIN = 4096
 """Records that left the window are dropped once at least this many have (or 1/64 of all)."""
 _COLUMNS = (
@@ -196,7 +198,9 @@ class UsageColumns:
             after, added = self._floor, 0
             while True:
                 rows = await self._fetch(after)
-                added += self._append(rows)
+                for i in range(0, len(rows), APPEND_SLICE):
+                    added += self._append(rows[i : i + APPEND_SLICE])
+                    await asyncio.sleep(0)  # requests get their turn between slices
                 if len(rows) < PAGE:
                     break
                 after = rows[-1][0]
