@@ -96,6 +96,19 @@ class Generation:
         return "".join(parts), final
 
 
+class _NothingMore:
+    """The rest of a whole answer: nothing."""
+
+    def __aiter__(self) -> _NothingMore:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        raise StopAsyncIteration
+
+
+_NOTHING_MORE = _NothingMore()
+
+
 class Admission:
     """A rate-limit reservation held by one request until it is settled."""
 
@@ -190,6 +203,16 @@ class InferenceService:
             if record is not None:  # usage is billed to the model that answers
                 record.model = current.name
                 record.backend = current.spec.backend
+            whole = None if request.stream else getattr(current.backend, "complete", None)
+            if whole is not None:  # a backend that answers whole without a generator
+                try:
+                    return current, _NOTHING_MORE, await whole(request), admission
+                except (UpstreamError, UpstreamUnavailable) as exc:
+                    if i + 1 < len(chain):
+                        log.warning("model %s failed (%s); trying its fallbacks", current.name, exc)
+                        failure = exc
+                        continue
+                    raise
             stream = current.backend.stream(request)
             try:
                 return current, stream, await anext(stream), admission

@@ -224,6 +224,9 @@ class UpstreamBackend:
         return best, trial
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if not request.stream:
+            yield await self.complete(request)
+            return
         tried: set[int] = set()
         last: str | None = None
         attempts = self.spec.retries + 1
@@ -243,71 +246,114 @@ class UpstreamBackend:
                         replica.succeeded()
                     yield chunk
                 return
-            except _Retryable as exc:
-                last = str(exc)
-                if exc.replica_fault:
-                    replica.failed(last, time.monotonic())
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(BACKOFF_S * (2**attempt))
-                continue
-            except (OSError, UpstreamStreamError) as exc:  # TimeoutError is an OSError
-                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                replica.failed(why, time.monotonic())
-                if started:  # the client has text already: end it in band
+            except (_Retryable, OSError, UpstreamStreamError) as exc:
+                if started and not isinstance(exc, _Retryable):
+                    why = _why(exc)  # the client has text already: end it in band
+                    replica.failed(why, time.monotonic())
                     raise UpstreamError(f"upstream failed mid-stream ({why})") from exc
-                last = why  # nothing reached the client yet: another try is safe
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(BACKOFF_S * (2**attempt))
+                last = await self._failed(replica, exc, attempt)
             finally:
                 replica.outstanding -= 1
                 if trial:
                     replica.probing = False
+        raise self._exhausted(last)
+
+    async def complete(self, request: GenerationRequest) -> Chunk:
+        """A whole (non-streaming) answer as one final chunk, with the same retries,
+        replicas and breakers as ``stream`` but no generators on the way."""
+        tried: set[int] = set()
+        last: str | None = None
+        for attempt in range(self.spec.retries + 1):
+            picked = self._pick(tried)
+            if picked is None:
+                break
+            replica, trial = picked
+            replica.outstanding += 1
+            try:
+                chunk = await self._whole(replica, request)
+                replica.succeeded()
+                return chunk
+            except (_Retryable, OSError, UpstreamStreamError) as exc:
+                last = await self._failed(replica, exc, attempt)
+            finally:
+                replica.outstanding -= 1
+                if trial:
+                    replica.probing = False
+        raise self._exhausted(last)
+
+    async def _failed(self, replica: Replica, exc: BaseException, attempt: int) -> str:
+        """Count a failed try against its replica (a 429 does not count), back off
+        before the next; returns why it failed."""
+        why = str(exc) if isinstance(exc, _Retryable) else _why(exc)
+        if not isinstance(exc, _Retryable) or exc.replica_fault:
+            replica.failed(why, time.monotonic())
+        if attempt < self.spec.retries:
+            await asyncio.sleep(BACKOFF_S * (2**attempt))
+        return why
+
+    def _exhausted(self, last: str | None) -> Exception:
+        """The error once no try is left: 503 when no replica could take it, else 502."""
         if last is None or not any(r.state(time.monotonic()) != "open" for r in self.replicas):
             why = last or "every replica is busy, or failing and waiting to be retried"
-            raise UpstreamUnavailable(
+            return UpstreamUnavailable(
                 f"model '{self.name}': no upstream can take the request ({why})",
                 retry_after=int(BREAKER_COOLDOWN_S) if last else 1,
             )
-        raise UpstreamError(f"model '{self.name}': upstream failed after retries ({last})")
+        return UpstreamError(f"model '{self.name}': upstream failed after retries ({last})")
 
-    async def _attempt(self, replica: Replica, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def _send(
+        self, replica: Replica, request: GenerationRequest, deadline: float, headers_by: float
+    ) -> HttpResponse:
+        """POST the request; the response once its headers are in and its status is 2xx."""
         build = openai_request if self.spec.kind == "openai" else ollama_request
-        parse: Callable[[bytes], Chunk | None] = (
-            _sse_data if self.spec.kind == "openai" else ollama_line
-        )
         path, body = build(request, self.spec.model)
-        t = self.spec.timeouts
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + t.total_s
-        # A stream's headers come with its first byte; a whole answer's only when
-        # the generation is done, so it waits for the total deadline instead.
-        headers_by = loop.time() + t.first_byte_s if request.stream else deadline
         try:
             resp = await self.pool.client.request(
                 "POST",
                 replica.url + path,
                 body=orjson.dumps(body),
                 headers=self._post_headers,
-                connect_timeout_s=t.connect_s,
+                connect_timeout_s=self.spec.timeouts.connect_s,
                 deadline=min(headers_by, deadline),
             )
         except OSError as exc:  # connection errors and timeouts: nothing reached the client
-            raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
-        async with resp:
-            if resp.status >= 400:
+            raise _Retryable(_why(exc)) from exc
+        if resp.status >= 400:
+            async with resp:
                 resp.set_deadline(deadline)
                 raise await _status_error(resp)
-            if not request.stream:
-                try:
-                    data = await resp.read()  # by the total deadline, set with the request
-                except TimeoutError as exc:
-                    raise _Retryable(f"no answer within {t.total_s:g} s") from exc
-                whole = openai_reply if self.spec.kind == "openai" else ollama_reply
-                yield _parsed(whole, data)
-                return
+        return resp
+
+    async def _whole(self, replica: Replica, request: GenerationRequest) -> Chunk:
+        total_s = self.spec.timeouts.total_s
+        deadline = asyncio.get_running_loop().time() + total_s
+        # A whole answer's headers come only when the generation is done: they
+        # wait for the total deadline, not the first-byte one.
+        resp = await self._send(replica, request, deadline, deadline)
+        async with resp:
+            try:
+                data = await resp.read()  # by the total deadline, set with the request
+            except TimeoutError as exc:
+                raise _Retryable(f"no answer within {total_s:g} s") from exc
+        whole = openai_reply if self.spec.kind == "openai" else ollama_reply
+        return _parsed(whole, data)
+
+    async def _attempt(self, replica: Replica, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        parse: Callable[[bytes], Chunk | None] = (
+            _sse_data if self.spec.kind == "openai" else ollama_line
+        )
+        t = self.spec.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total_s
+        resp = await self._send(replica, request, deadline, loop.time() + t.first_byte_s)
+        async with resp:
             resp.set_deadline(min(loop.time() + t.first_byte_s, deadline), "the first byte")
             async for chunk in _merged(_lines(resp, t.first_byte_s, deadline), parse):
                 yield chunk
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
 def _parsed(parse: Callable[[bytes], _T], data: bytes) -> _T:
