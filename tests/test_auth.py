@@ -194,3 +194,21 @@ def test_alg_none_and_algorithm_confusion_are_refused(
 def test_auth_can_be_turned_off(tmp_path: Path) -> None:
     with TestClient(create_app(Settings(engine_dummy=True, data_dir=tmp_path, auth=False))) as c:
         assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_a_failing_key_store_is_a_503_in_the_callers_protocol(tmp_path: Path) -> None:
+    settings = Settings(engine_dummy=True, data_dir=tmp_path, admin_key=ADMIN_KEY)
+    with TestClient(create_app(settings)) as c:
+        import sqlite3
+
+        db = sqlite3.connect(tmp_path / "gateway.db")
+        db.execute("ALTER TABLE api_keys RENAME TO api_keys_gone")  # the store breaks
+        db.commit()
+        db.close()
+        unknown = {"Authorization": "Bearer llmgw-nosuchkey01-" + "x" * 32}
+        r = c.post("/v1/chat/completions", headers=unknown, json={"model": "dummy"})
+        assert r.status_code == 503
+        assert "credentials cannot be checked" in r.json()["error"]["message"]
+        r = c.post("/api/chat", headers=unknown, json={"model": "dummy"})
+        assert r.status_code == 503
+        assert "credentials cannot be checked" in r.json()["error"]

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from llm_gateway.api import dashboard, health
 from llm_gateway.api import keys as keys_routes
@@ -48,6 +49,25 @@ from llm_gateway.usage import UsageMiddleware, UsageRecorder, delete_usage_befor
 from llm_gateway.usage_columns import UsageColumns
 
 log = logging.getLogger(__name__)
+
+
+class GatewayApp(Starlette):
+    """Starlette, with our pure-ASGI middleware outside its catch-all error middleware.
+
+    Starlette puts ServerErrorMiddleware outermost; ours go around it instead,
+    so the inference routes (answered by FastRoutes, innermost of ours) skip
+    it. Our middleware renders its own errors in the caller's protocol.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        outer, self.user_middleware = self.user_middleware, []
+        try:
+            app = super().build_middleware_stack()
+        finally:
+            self.user_middleware = outer
+        for cls, args, kwargs in reversed(outer):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 def build_middleware(settings: Settings, state: GatewayState) -> list[Middleware]:
@@ -155,7 +175,7 @@ async def _start_backend(entry: ModelEntry) -> None:
         log.error("model %s failed to load: %s", entry.name, exc)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> GatewayApp:
     pool = HttpPool()
     registry = build_registry(settings, pool)
     defaults = Limits(
@@ -220,7 +240,7 @@ def create_app(settings: Settings) -> Starlette:
         *ollama_routes.routes,
     ]
     state.metrics = GatewayMetrics(registry, _route_namer(routes), lambda: state.recorder)
-    app = Starlette(
+    app = GatewayApp(
         routes=routes,
         middleware=build_middleware(settings, state),
         exception_handlers={

@@ -315,6 +315,11 @@ class AuthMiddleware:
         except GatewayError as exc:
             await error_response(exc, scope)(scope, receive, send)
             return
+        except Exception as exc:  # the key store failed: say so, in the caller's protocol
+            log.exception("could not check credentials")
+            unavailable = NotReady(f"credentials cannot be checked now ({type(exc).__name__})")
+            await error_response(unavailable, scope)(scope, receive, send)
+            return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
