@@ -1,6 +1,6 @@
-"""Which async HTTP client the upstream backends use: aiohttp against httpx, measured.
+"""Which async HTTP client the upstream backends use: ours (backends/http1.py), aiohttp, httpx.
 
-Both clients, each with one pooled keep-alive session, send the same
+Each client, with one pooled keep-alive session, send the same
 non-streaming chat completion to the fast mock upstream (bench/mock_upstream.py)
 from 16 concurrent tasks, pinned to CPU 0 (the mock gets CPU 1), in interleaved
 rounds; and 200 streaming requests one at a time (time to first byte). Reported:
@@ -23,6 +23,8 @@ from pathlib import Path
 import aiohttp
 import httpx
 import orjson
+
+from llm_gateway.backends.http1 import HttpClient
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
@@ -55,6 +57,38 @@ async def _httpx(url: str, n: int, conc: int) -> None:
                 orjson.loads(r.content)
 
         await asyncio.gather(*(worker(n // conc) for _ in range(conc)))
+
+
+async def _http1(url: str, n: int, conc: int) -> None:
+    client = HttpClient()
+    data = orjson.dumps(BODY)
+    headers = {"Content-Type": "application/json"}
+
+    async def worker(k: int) -> None:
+        for _ in range(k):
+            async with await client.request("POST", url, body=data, headers=headers) as r:
+                orjson.loads(await r.read())
+
+    try:
+        await asyncio.gather(*(worker(n // conc) for _ in range(conc)))
+    finally:
+        await client.close()
+
+
+async def _ttfb_http1(url: str, n: int) -> float:
+    client = HttpClient()
+    times = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            async with await client.request("POST", url, body=orjson.dumps(STREAM)) as r:
+                await r.readline()
+                times.append(time.perf_counter() - t0)
+                while await r.readline():
+                    pass
+    finally:
+        await client.close()
+    return statistics.median(times) * 1000
 
 
 async def _ttfb_aiohttp(url: str, n: int) -> float:
@@ -94,10 +128,15 @@ def main(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         time.sleep(1)
-        results: dict[str, dict[str, list[float]]] = {"aiohttp": {}, "httpx": {}}
-        runs = {"aiohttp": (_aiohttp, _ttfb_aiohttp), "httpx": (_httpx, _ttfb_httpx)}
+        runs = {
+            "http1": (_http1, _ttfb_http1),
+            "aiohttp": (_aiohttp, _ttfb_aiohttp),
+            "httpx": (_httpx, _ttfb_httpx),
+        }
+        results: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
+        names = list(runs)
         for r in range(args.rounds):
-            for name in ["aiohttp", "httpx"] if r % 2 == 0 else ["httpx", "aiohttp"]:
+            for name in names[r % 3 :] + names[: r % 3]:
                 load, ttfb = runs[name]
                 c0, t0 = time.process_time(), time.perf_counter()
                 uvloop.run(load(url, args.requests, 16))
@@ -126,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description="aiohttp against httpx as the upstream client")
+    p = argparse.ArgumentParser(description="upstream HTTP clients: ours, aiohttp, httpx")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=5000)
     sys.exit(main(p.parse_args()))

@@ -81,6 +81,12 @@ class Replica:
         state = self.state(now)
         return state == "closed" or (state == "half_open" and not self.probing)
 
+    def release(self, trial: bool) -> None:
+        """A request on it ended (``trial``: it was the half-open trial)."""
+        self.outstanding -= 1
+        if trial:
+            self.probing = False
+
     def succeeded(self) -> None:
         if self.opened_at is not None:
             log.info("upstream %s recovered; circuit closed", self.url)
@@ -253,9 +259,7 @@ class UpstreamBackend:
                     raise UpstreamError(f"upstream failed mid-stream ({why})") from exc
                 last = await self._failed(replica, exc, attempt)
             finally:
-                replica.outstanding -= 1
-                if trial:
-                    replica.probing = False
+                replica.release(trial)
         raise self._exhausted(last)
 
     async def complete(self, request: GenerationRequest) -> Chunk:
@@ -276,9 +280,7 @@ class UpstreamBackend:
             except (_Retryable, OSError, UpstreamStreamError) as exc:
                 last = await self._failed(replica, exc, attempt)
             finally:
-                replica.outstanding -= 1
-                if trial:
-                    replica.probing = False
+                replica.release(trial)
         raise self._exhausted(last)
 
     async def _failed(self, replica: Replica, exc: BaseException, attempt: int) -> str:
