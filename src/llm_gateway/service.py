@@ -84,6 +84,11 @@ class Generation:
 
     async def collect(self) -> tuple[str, Chunk]:
         """All text and the final chunk (finish_reason, usage)."""
+        first = self._first
+        if first is not None and first.finish_reason is not None:  # a whole answer
+            self._first = None
+            await self.aclose()
+            return first.text, first
         parts: list[str] = []
         final = Chunk(text="", finish_reason="stop", usage=Usage())
         try:
