@@ -264,3 +264,22 @@ async def test_a_deadline_fails_the_wait_and_closes_the_connection(client: HttpC
     with pytest.raises(TimeoutError):
         await client.request("GET", f"http://127.0.0.1:{silent.port}/", deadline=loop.time() + 0.1)
     await silent.stop()
+
+
+async def test_an_idle_connection_that_receives_bytes_is_dropped(client: HttpClient) -> None:
+    calls = 0
+
+    def reply(head: bytes, body: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        return ok(b"one") if calls == 1 else ok(b"two")
+
+    srv = await Server(reply).start()
+    url = f"http://127.0.0.1:{srv.port}/"
+    assert await (await client.request("GET", url)).read() == b"one"
+    idle = next(iter(client._idle.values()))[0]
+    assert idle.transport is not None
+    idle.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad")  # unasked for
+    assert await (await client.request("GET", url)).read() == b"two"
+    assert srv.connections == 2  # the one that got stray bytes was not reused
+    await srv.stop()

@@ -91,6 +91,9 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.response is None:  # bytes nobody asked for, on an idle connection
+            self.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
