@@ -283,3 +283,12 @@ async def test_an_idle_connection_that_receives_bytes_is_dropped(client: HttpCli
     assert await (await client.request("GET", url)).read() == b"two"
     assert srv.connections == 2  # the one that got stray bytes was not reused
     await srv.stop()
+
+
+async def test_a_whole_body_larger_than_the_buffer_limit_is_read(client: HttpClient) -> None:
+    big = b"x" * (5 << 20)
+    srv = await Server(lambda head, body: ok(big)).start()
+    resp = await client.request("GET", f"http://127.0.0.1:{srv.port}/")
+    await asyncio.sleep(0.1)  # the body piles up before anyone reads it
+    assert await asyncio.wait_for(resp.read(), 5) == big
+    await srv.stop()

@@ -168,6 +168,7 @@ class HttpResponse:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
+        self._whole = False  # read() takes everything: no pausing
         self._released = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -194,7 +195,12 @@ class HttpResponse:
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
-        if len(self._buffer) > HIGH_WATER and not self._paused and self._conn.transport:
+        if (
+            len(self._buffer) > HIGH_WATER
+            and not self._paused
+            and not self._whole
+            and self._conn.transport
+        ):
             self._paused = True
             self._conn.transport.pause_reading()
         self._wake()
@@ -239,6 +245,10 @@ class HttpResponse:
 
     async def read(self) -> bytes:
         """The whole body."""
+        self._whole = True
+        if self._paused and self._conn.transport:  # a reader that paused it no longer reads
+            self._paused = False
+            self._conn.transport.resume_reading()
         while not self.complete:
             await self._wait()
         data = bytes(self._buffer)
