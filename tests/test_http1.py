@@ -292,3 +292,73 @@ async def test_a_whole_body_larger_than_the_buffer_limit_is_read(client: HttpCli
     await asyncio.sleep(0.1)  # the body piles up before anyone reads it
     assert await asyncio.wait_for(resp.read(), 5) == big
     await srv.stop()
+
+
+async def test_interim_answers_are_skipped_and_do_not_desync_the_connection(
+    client: HttpClient,
+) -> None:
+    calls = 0
+
+    def reply(head: bytes, body: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # 100 Continue and 103 Early Hints, then the answer
+            return (
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + ok(b"first")
+            )
+        return ok(b"second")
+
+    srv = await Server(reply).start()
+    url = f"http://127.0.0.1:{srv.port}/"
+    resp = await client.request("POST", url, body=b"{}")
+    assert (resp.status, await resp.read()) == (200, b"first")
+    assert "link" not in resp.headers
+    resp = await client.request("POST", url, body=b"{}")
+    assert (resp.status, await resp.read()) == (200, b"second")
+    assert srv.connections == 1
+    await srv.stop()
+
+
+async def test_an_answer_nobody_asked_for_closes_the_connection(client: HttpClient) -> None:
+    calls = 0
+
+    def reply(head: bytes, body: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        return ok(b"mine") + ok(b"stray") if calls == 1 else ok(b"next")
+
+    srv = await Server(reply).start()
+    url = f"http://127.0.0.1:{srv.port}/"
+    assert await (await client.request("GET", url)).read() == b"mine"
+    assert await (await client.request("GET", url)).read() == b"next"  # not b"stray"
+    assert srv.connections == 2
+    await srv.stop()
+
+
+async def test_a_long_line_behind_a_paused_socket_still_arrives(client: HttpClient) -> None:
+    short = b"data: x\n" * 125_000  # 1.0 MB: the pause comes inside the long line
+    long = b"data: " + b"y" * 200_000  # a partial line, larger than the resume threshold
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        size = len(short) + len(long) + 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(short + long)
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(b"\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    resp = await client.request("GET", f"http://127.0.0.1:{port}/", deadline=loop.time() + 5)
+    await asyncio.sleep(0.2)  # a slow consumer: the socket gets paused
+    lines = 0
+    while line := await resp.readline():
+        lines += 1
+    assert lines == 125_001 and line == b""
+    srv.close()

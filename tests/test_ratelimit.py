@@ -536,3 +536,41 @@ async def test_redis_admission_cancelled_in_flight_is_released(prefix: str) -> N
     finally:
         await lim.close()
         await _delete_prefix(prefix)
+
+
+async def test_redis_a_reply_lost_after_the_script_ran_frees_its_slot(prefix: str) -> None:
+    """A batch whose reply comes too late (Redis busy, a fork) may have run: its
+    admission must not hold a concurrency slot for INFLIGHT_TTL_S."""
+    await _ping_redis()
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, delay: float) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await r.read(65536):
+                await asyncio.sleep(delay)
+                w.write(data)
+                await w.drain()
+        w.close()
+
+    async def slow_redis(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        host, port = REDIS_URL.split("//")[1].split("/")[0].split(":")
+        sr, sw = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(r, sw, 0), pipe(sr, w, 0.3))  # answers 0.3 s late
+
+    proxy = await asyncio.start_server(slow_redis, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    slow = RedisLimiter(url, fail_open=False, prefix=prefix, timeout_s=0.1)
+    one = Limits(concurrent=1)
+    try:
+        refused = await slow.acquire("k", one, 0)
+        assert (refused.allowed, refused.reason) == (False, "unavailable")
+        await asyncio.sleep(1.6)  # the release is retried after DOWN_BACKOFF_S
+        fast = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix)
+        try:
+            later = await fast.acquire("k", one, 0)
+            assert later.allowed, later.reason  # the slot is free, not held for 10 minutes
+        finally:
+            await fast.close()
+    finally:
+        await slow.close()
+        proxy.close()

@@ -171,3 +171,39 @@ async def test_password_and_database(redis_with_password: int) -> None:
     with pytest.raises(RespError, match="NOAUTH"):
         await missing.call("GET", "k")
     await missing.close()
+
+
+async def test_a_connect_whose_callers_left_is_not_reused_once_dead() -> None:
+    """A connect finishes in the background after its caller was cancelled; when that
+    connection later drops, the next call must connect again, not reuse it."""
+    conns: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(writer)
+        while line := await reader.readline():
+            parts = []
+            for _ in range(int(line[1:])):
+                await reader.readline()
+                parts.append((await reader.readline()).strip())
+            if parts[0] == b"AUTH":
+                await asyncio.sleep(0.2)
+            writer.write(b"+OK\r\n" if parts[0] == b"AUTH" else b"+PONG\r\n")
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    c = RespClient(f"redis://:pw@127.0.0.1:{port}", timeout_s=1.0)
+    try:
+        first = asyncio.ensure_future(c.call("PING"))
+        await asyncio.sleep(0.05)
+        first.cancel()  # e.g. a /health probe that was dropped mid-connect
+        await asyncio.sleep(0.3)
+        assert await c.call("PING") == b"PONG"
+        conns[0].close()  # Redis drops the connection
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        assert await c.call("PING") == b"PONG"
+        assert time.monotonic() - started < 0.5  # a new connection, not a timeout
+        assert len(conns) == 2
+    finally:
+        await c.close()
+        srv.close()

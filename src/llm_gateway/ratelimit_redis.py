@@ -358,15 +358,27 @@ class RedisLimiter:
 
     async def _send(self, batch: list[_Call]) -> None:
         replies: list[Any] | BaseException
+        sent = False
         try:
             if time.monotonic() < self._down_until:
                 raise ConnectionError("Redis was unreachable a moment ago")
+            sent = True
             replies = await self._run(batch)
         except (RespError, OSError) as exc:
             if time.monotonic() >= self._down_until:
                 self._failed(exc)
             replies = exc
-            self._retry_settlements([c for c in batch if c.reply is None])
+            retry = [c for c in batch if c.reply is None]
+            if sent:
+                # The script may have run before the reply was lost (a timeout, a
+                # dropped connection): its admissions would hold concurrency slots
+                # for INFLIGHT_TTL_S. Release them (harmless if they never ran).
+                retry += [
+                    _Call(c.base, f"s {c.admission[1]} 0 0", None)
+                    for c in batch
+                    if c.admission is not None
+                ]
+            self._retry_settlements(retry)
         else:
             self._healthy = True
         finally:

@@ -134,6 +134,8 @@ class RespClient:
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connection()
+            if protocol.lost is not None:
+                raise ConnectionError(f"Redis connection lost: {protocol.lost}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         protocol.waiting.append(future)
@@ -152,13 +154,17 @@ class RespClient:
     async def _connection(self) -> _Protocol:
         """The live connection, or a new one (one connect at a time)."""
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+            connecting = self._connecting = asyncio.ensure_future(self._connect())
+            # Forgotten once done, even when every caller was cancelled meanwhile:
+            # a finished connect must never hand out its (later dead) connection.
+            connecting.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, connecting: asyncio.Future[_Protocol]) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved: a failed connect is the callers' to see
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()

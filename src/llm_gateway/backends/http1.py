@@ -54,6 +54,10 @@ class HttpProtocolError(ConnectionError):
     """The upstream's answer is not valid HTTP/1.1."""
 
 
+class _Stray(Exception):
+    """Raised inside the parser to stop at an answer nobody asked for."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A URL split once: where to connect, and what to put in the request line."""
@@ -99,7 +103,10 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(HttpProtocolError("upstream tried to switch protocols"))
         except httptools.HttpParserError as exc:
-            self._fail(HttpProtocolError(f"upstream sent invalid HTTP: {exc}"))
+            if isinstance(exc.__context__, _Stray):
+                self.close()
+            else:
+                self._fail(HttpProtocolError(f"upstream sent invalid HTTP: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -117,10 +124,22 @@ class _Connection(asyncio.Protocol):
         assert self.response is not None
         self.response.raw_headers.append((name, value))
 
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is not None and response.complete:
+            # A second answer to one request: the connection is out of step. The
+            # first answer stands; the connection is not used again.
+            response.reusable = False
+            raise _Stray()
+
     def on_headers_complete(self) -> None:
         response = self.response
         assert response is not None
-        response.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # interim (100 Continue, 103 Early Hints): the answer follows
+            response.raw_headers.clear()
+            return
+        response.status = status
         response.on_headers()
 
     def on_body(self, body: bytes) -> None:
@@ -130,6 +149,8 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         response = self.response
         assert response is not None
+        if not response.headers_done:
+            return  # the end of an interim (1xx) answer
         response.reusable = self.parser.should_keep_alive()
         response.finish()
 
@@ -277,6 +298,9 @@ class HttpResponse:
                 if not line:
                     self.release()
                 return line
+            if self._paused and self._conn.transport:  # a long line: let the rest of it in
+                self._paused = False
+                self._conn.transport.resume_reading()
             await self._wait()
 
     def _maybe_resume(self) -> None:
