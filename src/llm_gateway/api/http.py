@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -26,29 +26,35 @@ log = logging.getLogger(__name__)
 
 
 class JSONResponse(Response):
+    """JSON, with less work than Starlette's own: orjson for the body, and the headers
+    encoded once (``headers`` may come encoded already, as rate-limit headers do)."""
+
     media_type = "application/json"
 
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-class JSONReply:
-    """A JSON response for the hot routes: what JSONResponse sends, built with less work
-    (no Starlette header machinery: the headers are encoded once, here)."""
-
-    __slots__ = ("body", "headers")
-
-    def __init__(self, content: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.background = None
         self.body = body = orjson.dumps(content)
-        self.headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(body)),
-        ]
-        if headers:
-            self.headers += headers
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if isinstance(headers, list):
+            raw += headers
+        elif headers:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.raw_headers = raw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": self.raw_headers,
+            }
+        )
         await send({"type": "http.response.body", "body": self.body})
 
 

@@ -20,7 +20,6 @@ from llm_gateway.api.http import (
     CLIENT_GONE,
     CancelOnDisconnect,
     EventStream,
-    JSONReply,
     JSONResponse,
     as_gateway_error,
     ndjson,
@@ -41,7 +40,7 @@ Piece = Callable[[str, str], dict[str, Any]]
 Final = Callable[[str, str, Chunk], dict[str, Any]]
 
 
-async def generate(request: Request) -> Response | JSONReply | EventStream:
+async def generate(request: Request) -> Response | EventStream:
     state = GatewayState.of(request)
     body = decode_body(await read_body(request), GenerateRequest)
     if not body.prompt and not body.raw:
@@ -53,7 +52,7 @@ async def generate(request: Request) -> Response | JSONReply | EventStream:
     )
 
 
-async def chat(request: Request) -> Response | JSONReply | EventStream:
+async def chat(request: Request) -> Response | EventStream:
     state = GatewayState.of(request)
     body = decode_body(await read_body(request), ChatRequest)
     if not body.messages:
@@ -67,13 +66,13 @@ async def chat(request: Request) -> Response | JSONReply | EventStream:
 
 async def _reply(
     request: Request, req: GenerationRequest, model: str, stream: bool, piece: Piece, final: Final
-) -> Response | JSONReply | EventStream:
+) -> Response | EventStream:
     service, principal = GatewayState.of(request).service, principal_of(request)
     if not stream:
         async with CancelOnDisconnect(request.receive):
             gen = await service.open(req, principal, record_of(request.scope))
             text, last = await gen.collect()
-            return JSONReply(final(model, text, last), gen.headers)
+            return JSONResponse(final(model, text, last), headers=gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
     gen = await service.open(req, principal, record_of(request.scope))
     return EventStream(_lines(gen, model, piece, final), NDJSON, gen.headers)

@@ -23,7 +23,6 @@ from llm_gateway.api.http import (
     CLIENT_GONE,
     CancelOnDisconnect,
     EventStream,
-    JSONReply,
     JSONResponse,
     as_gateway_error,
     read_body,
@@ -46,7 +45,7 @@ def _ctx(prefix: str, model: str) -> convert.ReplyContext:
     )
 
 
-async def chat_completions(request: Request) -> Response | JSONReply | EventStream:
+async def chat_completions(request: Request) -> Response | EventStream:
     state = GatewayState.of(request)
     body = decode_body(await read_body(request), ChatCompletionRequest)
     ctx = _ctx("chatcmpl", body.model)
@@ -56,7 +55,7 @@ async def chat_completions(request: Request) -> Response | JSONReply | EventStre
                 convert.from_chat_request(body), principal_of(request), record_of(request.scope)
             )
             text, final = await gen.collect()
-            return JSONReply(convert.chat_response(ctx, text, final), gen.headers)
+            return JSONResponse(convert.chat_response(ctx, text, final), headers=gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
     gen = await state.service.open(
         convert.from_chat_request(body), principal_of(request), record_of(request.scope)
@@ -74,7 +73,7 @@ async def chat_completions(request: Request) -> Response | JSONReply | EventStre
     )
 
 
-async def completions(request: Request) -> Response | JSONReply | EventStream:
+async def completions(request: Request) -> Response | EventStream:
     state = GatewayState.of(request)
     body = decode_body(await read_body(request), CompletionRequest)
     ctx = _ctx("cmpl", body.model)
@@ -83,7 +82,7 @@ async def completions(request: Request) -> Response | JSONReply | EventStream:
         async with CancelOnDisconnect(request.receive):
             gen = await state.service.open(req, principal_of(request), record_of(request.scope))
             text, final = await gen.collect()
-            return JSONReply(convert.completion_response(ctx, text, final), gen.headers)
+            return JSONResponse(convert.completion_response(ctx, text, final), headers=gen.headers)
         return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
     gen = await state.service.open(req, principal_of(request), record_of(request.scope))
     usage = convert.wants_usage_in_stream(body)
