@@ -208,30 +208,15 @@ class InferenceService:
             if record is not None:  # usage is billed to the model that answers
                 record.model = current.name
                 record.backend = current.spec.backend
-            whole = None if request.stream else getattr(current.backend, "complete", None)
-            if whole is not None:  # a backend that answers whole without a generator
-                try:
-                    return current, _NOTHING_MORE, await whole(request), admission
-                except (UpstreamError, UpstreamUnavailable) as exc:
-                    if i + 1 < len(chain):
-                        log.warning("model %s failed (%s); trying its fallbacks", current.name, exc)
-                        failure = exc
-                        continue
-                    raise
-            stream = current.backend.stream(request)
             try:
-                return current, stream, await anext(stream), admission
-            except BaseException as exc:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-                if isinstance(exc, StopAsyncIteration):
-                    raise BackendError(f"model '{current.name}' returned no output") from None
-                if isinstance(exc, UpstreamError | UpstreamUnavailable) and i + 1 < len(chain):
+                stream, first = await _start(current, request)
+            except (UpstreamError, UpstreamUnavailable) as exc:
+                if i + 1 < len(chain):
                     log.warning("model %s failed (%s); trying its fallbacks", current.name, exc)
                     failure = exc
                     continue
                 raise
+            return current, stream, first, admission
         assert failure is not None  # every fallback refused by its limits
         raise failure
 
@@ -263,6 +248,26 @@ class InferenceService:
         if not decision.allowed:
             raise _refusal(decision)
         return Admission(self.limiter, decision, estimate)
+
+
+async def _start(
+    entry: ModelEntry, request: GenerationRequest
+) -> tuple[AsyncIterator[Chunk], Chunk]:
+    """(the rest, the first chunk) of a generation. A backend that can answer whole
+    (``complete``) does so for a non-streaming request, with no generator."""
+    whole = None if request.stream else getattr(entry.backend, "complete", None)
+    if whole is not None:
+        return _NOTHING_MORE, await whole(request)
+    stream = entry.backend.stream(request)
+    try:
+        return stream, await anext(stream)
+    except BaseException as exc:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if isinstance(exc, StopAsyncIteration):
+            raise BackendError(f"model '{entry.name}' returned no output") from None
+        raise
 
 
 def _model_override(principal: Principal, entry: ModelEntry) -> Limits | None:
