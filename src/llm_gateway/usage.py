@@ -229,9 +229,12 @@ class UsageRecorder:
     def observe(self) -> None:
         """Hand the records added since the last call to the observers (metrics)."""
         fresh, self._fresh = self._fresh, []
-        if fresh:
+        self._hand_over(fresh)
+
+    def _hand_over(self, records: list[UsageRecord]) -> None:
+        if records:
             for observer in self._observers:
-                observer(fresh)
+                observer(records)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -247,8 +250,7 @@ class UsageRecorder:
             self._since_wake = 0
             fresh, self._fresh = self._fresh, []
             for i in range(0, len(fresh), SLICE):
-                for observer in self._observers:
-                    observer(fresh[i : i + SLICE])
+                self._hand_over(fresh[i : i + SLICE])
                 await asyncio.sleep(0)  # let requests in between slices
             await self.flush()
 
@@ -369,24 +371,9 @@ def log_requests(records: list[UsageRecord]) -> None:
         )
 
 
-EXPORT_COLUMNS = (  # INSERT_COLUMNS without the buckets, named for people
-    "time",
-    "request_id",
-    "key_id",
-    "user",
-    "model",
-    "backend",
-    "method",
-    "endpoint",
-    "status",
-    "prompt_tokens",
-    "completion_tokens",
-    "ttft_ms",
-    "latency_ms",
-    "tokens_per_s",
-    "error_type",
-    "client",
-)
+_EXPORTED = INSERT_COLUMNS[:-2]  # without the latency buckets
+EXPORT_COLUMNS = tuple({"ts": "time", "user_id": "user"}.get(c, c) for c in _EXPORTED)
+"""The exported columns, named for people."""
 
 
 async def export_rows(
@@ -395,7 +382,7 @@ async def export_rows(
     """Records in [since, until), oldest first, streamed (not loaded all at once)."""
     u = usage_records.c
     query = (
-        sa.select(*(u[name] for name in INSERT_COLUMNS[: len(EXPORT_COLUMNS)]))
+        sa.select(*(u[name] for name in _EXPORTED))
         .where(u.ts >= since, u.ts < until)
         .order_by(u.ts, u.id)
     )

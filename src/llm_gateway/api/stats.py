@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -51,13 +52,19 @@ def parse_time(value: str, name: str, now: float) -> float:
     return parsed.timestamp()
 
 
-def _scope(request: Request, caller: Principal) -> Scope:
-    q = request.query_params
+def _range(q: Mapping[str, str]) -> tuple[float, float]:
+    """(since, until) from the query: the last DEFAULT_RANGE_S by default."""
     now = time.time()
     until = parse_time(q["until"], "until", now) if "until" in q else now
     since = parse_time(q["since"], "since", now) if "since" in q else until - DEFAULT_RANGE_S
     if since >= until:
         raise InvalidRequest("'since' must be before 'until'", param="since")
+    return since, until
+
+
+def _scope(request: Request, caller: Principal) -> Scope:
+    q = request.query_params
+    since, until = _range(q)
     user: str | None = caller.user
     asked = q.get("user")
     if asked is not None and asked != caller.user:
@@ -105,12 +112,7 @@ async def admin_stats(request: Request) -> Response:
     caller = principal_of(request)
     caller.require_admin()
     state = GatewayState.of(request)
-    q = request.query_params
-    now = time.time()
-    until = parse_time(q["until"], "until", now) if "until" in q else now
-    since = parse_time(q["since"], "since", now) if "since" in q else until - DEFAULT_RANGE_S
-    if since >= until:
-        raise InvalidRequest("'since' must be before 'until'", param="since")
+    since, until = _range(request.query_params)
     body = await _stats(request).admin(Scope(since=since, until=until))
     body["engines"] = {e.name: e.backend.health() for e in state.registry}
     body["usage_log"] = state.recorder.health() if state.recorder is not None else None
