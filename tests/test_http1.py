@@ -68,6 +68,12 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
+def in_turn(*answers: bytes) -> Reply:
+    """A server's replies: these, one a request, in order."""
+    left = iter(answers)
+    return lambda head, body: next(left)
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[HttpClient]:
     c = HttpClient()
@@ -119,14 +125,7 @@ async def test_chunked_lines_and_close_delimited_bodies(client: HttpClient) -> N
 
 
 async def test_a_kept_alive_connection_the_server_closed_is_not_reused(client: HttpClient) -> None:
-    calls = 0
-
-    def reply(head: bytes, body: bytes) -> bytes:
-        nonlocal calls
-        calls += 1
-        return ok(b"x", b"Connection: close\r\n") if calls == 1 else ok(b"y")
-
-    srv = await Server(reply).start()
+    srv = await Server(in_turn(ok(b"x", b"Connection: close\r\n"), ok(b"y"))).start()
     url = f"http://127.0.0.1:{srv.port}/"
     assert await (await client.request("GET", url)).read() == b"x"
     await asyncio.sleep(0.05)
@@ -267,14 +266,7 @@ async def test_a_deadline_fails_the_wait_and_closes_the_connection(client: HttpC
 
 
 async def test_an_idle_connection_that_receives_bytes_is_dropped(client: HttpClient) -> None:
-    calls = 0
-
-    def reply(head: bytes, body: bytes) -> bytes:
-        nonlocal calls
-        calls += 1
-        return ok(b"one") if calls == 1 else ok(b"two")
-
-    srv = await Server(reply).start()
+    srv = await Server(in_turn(ok(b"one"), ok(b"two"))).start()
     url = f"http://127.0.0.1:{srv.port}/"
     assert await (await client.request("GET", url)).read() == b"one"
     idle = next(iter(client._idle.values()))[0]
@@ -297,19 +289,10 @@ async def test_a_whole_body_larger_than_the_buffer_limit_is_read(client: HttpCli
 async def test_interim_answers_are_skipped_and_do_not_desync_the_connection(
     client: HttpClient,
 ) -> None:
-    calls = 0
-
-    def reply(head: bytes, body: bytes) -> bytes:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # 100 Continue and 103 Early Hints, then the answer
-            return (
-                b"HTTP/1.1 100 Continue\r\n\r\n"
-                b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + ok(b"first")
-            )
-        return ok(b"second")
-
-    srv = await Server(reply).start()
+    interim = (  # 100 Continue and 103 Early Hints, then the answer
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    )
+    srv = await Server(in_turn(interim + ok(b"first"), ok(b"second"))).start()
     url = f"http://127.0.0.1:{srv.port}/"
     resp = await client.request("POST", url, body=b"{}")
     assert (resp.status, await resp.read()) == (200, b"first")
@@ -321,14 +304,7 @@ async def test_interim_answers_are_skipped_and_do_not_desync_the_connection(
 
 
 async def test_an_answer_nobody_asked_for_closes_the_connection(client: HttpClient) -> None:
-    calls = 0
-
-    def reply(head: bytes, body: bytes) -> bytes:
-        nonlocal calls
-        calls += 1
-        return ok(b"mine") + ok(b"stray") if calls == 1 else ok(b"next")
-
-    srv = await Server(reply).start()
+    srv = await Server(in_turn(ok(b"mine") + ok(b"stray"), ok(b"next"))).start()
     url = f"http://127.0.0.1:{srv.port}/"
     assert await (await client.request("GET", url)).read() == b"mine"
     assert await (await client.request("GET", url)).read() == b"next"  # not b"stray"

@@ -145,19 +145,19 @@ def test_breaker_opens_and_traffic_goes_to_the_healthy_replica(tmp_path: Path) -
             assert len(cue_a.requests) == seen  # an open circuit gets nothing
 
 
+def _falling_back(dead: str, backup: str, **backup_extra: Any) -> list[dict[str, Any]]:
+    """A model 'primary' on a dead upstream that falls back to 'backup'."""
+    primary = {"name": "primary", "backend": "ollama", "url": dead, "retries": 0}
+    return [
+        {**primary, "fallbacks": ["backup"]},
+        {"name": "backup", "backend": "ollama", "url": backup, **backup_extra},
+    ]
+
+
 def test_fallback_to_another_model(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with upstream("ollama") as (backup, cue):
-        models = [
-            {
-                "name": "primary",
-                "backend": "ollama",
-                "url": dead,
-                "retries": 0,
-                "fallbacks": ["backup"],
-            },
-            {"name": "backup", "backend": "ollama", "url": backup},
-        ]
+        models = _falling_back(dead, backup)
         with gateway(tmp_path, models) as c:
             r = c.post("/v1/chat/completions", json={"model": "primary", **CHAT})
             assert r.status_code == 200
@@ -274,21 +274,7 @@ def test_a_slow_whole_answer_is_not_cut_by_the_first_byte_timeout(tmp_path: Path
 def test_a_fallback_is_admitted_against_its_own_limits(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with upstream("ollama") as (backup, cue):
-        models = [
-            {
-                "name": "primary",
-                "backend": "ollama",
-                "url": dead,
-                "retries": 0,
-                "fallbacks": ["backup"],
-            },
-            {
-                "name": "backup",
-                "backend": "ollama",
-                "url": backup,
-                "limits": {"requests_per_minute": 1},
-            },
-        ]
+        models = _falling_back(dead, backup, limits={"requests_per_minute": 1})
         with gateway(tmp_path, models) as c:
             ask = {"model": "primary", **CHAT}
             assert c.post("/v1/chat/completions", json=ask).status_code == 200

@@ -191,7 +191,12 @@ def format_duration(seconds: float) -> str:
 
     Rounded up to the millisecond, so that waiting that long is enough.
     """
-    return _format_ms(math.ceil(seconds * 1000 - 1e-6))
+    return _format_ms(_ms(seconds))
+
+
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, rounded up."""
+    return math.ceil(seconds * 1000 - 1e-6)
 
 
 def _format_ms(ms: int) -> str:
@@ -236,16 +241,13 @@ def rate_headers(
         headers += (
             (b"x-ratelimit-limit-tokens", b"%d" % tpm),
             (b"x-ratelimit-remaining-tokens", b"%d" % (tpm - tokens if tokens < tpm else 0)),
-            (b"x-ratelimit-reset-tokens", _duration_bytes(math.ceil(tokens_reset_s * 1000 - 1e-6))),
+            (b"x-ratelimit-reset-tokens", _duration_bytes(_ms(tokens_reset_s))),
         )
     if rpm is not None:
         headers += (
             (b"x-ratelimit-limit-requests", b"%d" % rpm),
             (b"x-ratelimit-remaining-requests", b"%d" % (rpm - requests if requests < rpm else 0)),
-            (
-                b"x-ratelimit-reset-requests",
-                _duration_bytes(math.ceil(requests_reset_s * 1000 - 1e-6)),
-            ),
+            (b"x-ratelimit-reset-requests", _duration_bytes(_ms(requests_reset_s))),
         )
     return headers
 
