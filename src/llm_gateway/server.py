@@ -1,4 +1,4 @@
-"""Running the app under uvicorn (uvloop + httptools), with a drain flag for /ready."""
+"""Running the app under uvicorn (uvloop; httptools via GatewayHttpProtocol) with a drain flag."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from types import FrameType
 import uvicorn
 
 from llm_gateway.app import create_app
+from llm_gateway.http_server import GatewayHttpProtocol
 from llm_gateway.models import ConfigError
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
@@ -69,8 +70,9 @@ def run(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,
         lifespan="on",
+        server_header=False,
         log_level=settings.log_level.lower(),
         access_log=False,
         log_config=None,  # uvicorn's lines go through our handlers and format (logs.py)
