@@ -290,12 +290,12 @@ def test_request_log_lines_are_json_with_the_request_fields(
     import logging
 
     from llm_gateway.logs import JsonFormatter
-    from llm_gateway.usage import UsageRecord, log_requests
+    from llm_gateway.usage import UsageRecord, log_request
 
     rec = UsageRecord(time.time(), 0.0, "rid-1", "POST", "/v1/chat/completions", "10.0.0.9")
     rec.status, rec.model, rec.key_id, rec.user, rec.latency_ms = 200, "dummy", "k1", "ann", 1.5
     with caplog.at_level(logging.INFO, logger="llm_gateway.usage"):
-        log_requests([rec])
+        log_request(rec)
     line = json.loads(JsonFormatter().format(caplog.records[-1]))
     assert line["message"] == "POST /v1/chat/completions 200 1.5 ms"
     assert line["request_id"] == "rid-1" and line["user"] == "ann" and line["key_id"] == "k1"

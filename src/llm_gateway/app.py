@@ -45,7 +45,13 @@ from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
 from llm_gateway.stats import UsageStats
 from llm_gateway.store.database import create_engine, migrate, resolve_url
-from llm_gateway.usage import UsageMiddleware, UsageRecorder, delete_usage_before, log_requests
+from llm_gateway.usage import (
+    UsageMiddleware,
+    UsageRecord,
+    UsageRecorder,
+    delete_usage_before,
+    log_request,
+)
 from llm_gateway.usage_columns import UsageColumns
 
 log = logging.getLogger(__name__)
@@ -98,9 +104,9 @@ async def open_store(state: GatewayState) -> None:
     if not settings.auth:
         log.warning("authentication is OFF (GATEWAY_AUTH=false): every caller is an admin")
     state.authenticator = Authenticator(state.key_store, JwtVerifier(settings, state.jwt_secret))
-    observers = [state.metrics.observe]
+    observers: list[Callable[[UsageRecord], None]] = [state.metrics.observe]
     if settings.log_requests:
-        observers.append(log_requests)
+        observers.append(log_request)
     columns = None
     if settings.stats_memory_days > 0:
         days = min(settings.stats_memory_days, settings.usage_retention_days or float("inf"))

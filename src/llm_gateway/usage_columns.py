@@ -58,7 +58,7 @@ _NUMBERS: dict[str, str] = {  # array typecodes: q int64, d float64, h int16, i 
 }
 _TYPES = _NUMBERS | dict.fromkeys(_STRINGS, "i")
 _DTYPES = {"q": "int64", "d": "float64", "h": "int16", "i": "int32", "f": "float32"}
-APPEND_SLICE = 500
+APPEND_SLICE = 250
 """Rows turned into columns in one go on the event loop."""
 TRIM_MIN = 4096
 """Records that left the window are dropped once at least this many have (or 1/64 of all)."""
@@ -196,12 +196,15 @@ class UsageColumns:
             else:
                 self._advance_floor(now)
             after, added = self._floor, 0
+            # Loading, big pages; after that, small ones: a driver builds a page's
+            # rows holding the GIL (sqlite3) or on the event loop (asyncpg).
+            page = PAGE if not self.loaded else APPEND_SLICE
             while True:
-                rows = await self._fetch(after)
+                rows = await self._fetch(after, page)
                 for i in range(0, len(rows), APPEND_SLICE):
                     added += self._append(rows[i : i + APPEND_SLICE])
                     await asyncio.sleep(0)  # requests get their turn between slices
-                if len(rows) < PAGE:
+                if len(rows) < page:
                     break
                 after = rows[-1][0]
             if not self.loaded:  # from now on, only look back a moment, not at everything
@@ -212,22 +215,22 @@ class UsageColumns:
             self._trim(now)
             return added
 
-    async def _fetch(self, after: int) -> Sequence[Any]:
-        """Up to PAGE rows with id > after, in id order, through the driver itself
+    async def _fetch(self, after: int, page: int) -> Sequence[Any]:
+        """Up to ``page`` rows with id > after, in id order, through the driver itself
         (aiosqlite fetches in its thread, asyncpg in C: the event loop stays free)."""
         async with self.engine.connect() as conn:
             dialect = self.engine.dialect.name
             if dialect not in ("sqlite", "postgresql"):
-                query = sa.select(*_COLUMNS).where(u.c.id > after).order_by(u.c.id).limit(PAGE)
+                query = sa.select(*_COLUMNS).where(u.c.id > after).order_by(u.c.id).limit(page)
                 return (await conn.execute(query)).all()
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
             if dialect == "sqlite":
-                cursor = await driver.execute(_SELECT.format("?", "?"), (after, PAGE))
+                cursor = await driver.execute(_SELECT.format("?", "?"), (after, page))
                 rows: Sequence[Any] = await cursor.fetchall()
                 await cursor.close()
                 return rows
-            rows = await driver.fetch(_SELECT.format("$1", "$2"), after, PAGE)
+            rows = await driver.fetch(_SELECT.format("$1", "$2"), after, page)
             return rows
 
     def _advance_floor(self, now: float) -> None:

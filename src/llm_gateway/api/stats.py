@@ -123,8 +123,6 @@ async def metrics(request: Request) -> Response:
     state = GatewayState.of(request)
     if state.settings.metrics_auth:
         principal_of(request).require_admin()
-    if state.recorder is not None:
-        state.recorder.observe()  # count what finished since the last flush
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
