@@ -64,8 +64,11 @@ async def server() -> AsyncIterator[int]:
     )
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve(sockets=[sock]))
-    while not srv.started:
+    for _ in range(1000):  # uvicorn.Server has a flag, not an event
+        if srv.started:
+            break
         await asyncio.sleep(0.01)
+    assert srv.started
     yield port
     srv.should_exit = True
     await task
