@@ -24,7 +24,7 @@ from llm_gateway.errors import (
     UpstreamUnavailable,
 )
 from llm_gateway.models import ModelEntry, Registry
-from llm_gateway.ratelimit import Decision, Limits, RateLimiter, RawHeaders
+from llm_gateway.ratelimit import Decision, Limits, MemoryLimiter, RateLimiter, RawHeaders
 from llm_gateway.types import Chunk, GenerationRequest, Usage
 from llm_gateway.usage import UsageRecord
 
@@ -244,7 +244,11 @@ class InferenceService:
         if self.limiter is None or limits.empty:
             return None
         estimate = _estimate_tokens(request, self.default_max_tokens)
-        decision = await self.limiter.acquire(key, limits, estimate)
+        limiter = self.limiter
+        if isinstance(limiter, MemoryLimiter):  # decided at once: no coroutine to run
+            decision = limiter.acquire_now(key, limits, estimate)
+        else:
+            decision = await limiter.acquire(key, limits, estimate)
         if not decision.allowed:
             raise _refusal(decision)
         return Admission(self.limiter, decision, estimate)
@@ -284,7 +288,9 @@ def _model_override(principal: Principal, entry: ModelEntry) -> Limits | None:
 
 def _estimate_tokens(request: GenerationRequest, default_max_tokens: int) -> int:
     """Prompt tokens (~4 characters each) plus the completion cap, reserved at admission."""
-    chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
+    chars = len(request.prompt or "")
+    for m in request.messages or ():
+        chars += len(m.content)
     return chars // 4 + 1 + (request.max_tokens or default_max_tokens)
 
 
