@@ -300,3 +300,32 @@ def test_request_log_lines_are_json_with_the_request_fields(
     assert line["message"] == "POST /v1/chat/completions 200 1.5 ms"
     assert line["request_id"] == "rid-1" and line["user"] == "ann" and line["key_id"] == "k1"
     assert line["level"] == "INFO" and "color_message" not in line
+
+
+def test_latency_histograms_count_each_request_in_its_bucket() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llm_gateway.metrics import GatewayMetrics
+    from llm_gateway.models import Registry
+    from llm_gateway.usage import UsageRecord
+
+    metrics = GatewayMetrics(Registry([]), lambda path: path, lambda: None)
+    for latency_ms, status in ((0.5, 200), (1.0, 200), (3.0, 429), (200_000.0, 500)):
+        rec = UsageRecord(time.time(), 0.0, "r", "POST", "/v1/x", None, model="m")
+        rec.latency_ms, rec.status = latency_ms, status
+        metrics.observe(rec)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    samples = {
+        (s.name, s.labels.get("le"), s.labels.get("status")): s.value
+        for s in families["llmgw_request_duration_seconds"].samples
+    }
+    assert samples["llmgw_request_duration_seconds_bucket", "0.001", None] == 2  # le: inclusive
+    assert samples["llmgw_request_duration_seconds_bucket", "0.005", None] == 3
+    assert samples["llmgw_request_duration_seconds_bucket", "120.0", None] == 3
+    assert samples["llmgw_request_duration_seconds_bucket", "+Inf", None] == 4
+    assert samples["llmgw_request_duration_seconds_count", None, None] == 4
+    assert abs(samples["llmgw_request_duration_seconds_sum", None, None] - 200.0045) < 1e-9
+    requests = {s.labels["status"]: s.value for s in families["llmgw_requests"].samples}
+    assert requests == {"200": 2, "429": 1, "500": 1}
+    limited = families["llmgw_rate_limited"].samples
+    assert [(s.labels["route"], s.value) for s in limited] == [("/v1/x", 1)]
