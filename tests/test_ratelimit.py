@@ -216,6 +216,23 @@ async def test_tokens_settled_in_their_own_slot(limiter: RateLimiter, clock: Fak
     assert decision.headers["x-ratelimit-remaining-tokens"] == "0"
 
 
+async def test_tokens_leave_the_window_one_second_at_a_time(
+    limiter: RateLimiter, clock: FakeClock
+) -> None:
+    limits = Limits(tokens_per_minute=1000)
+    for t in range(5):  # 100 tokens in each of the buckets of t = 0 to 4
+        clock.at(t)
+        await _admit(limiter, "k", limits, 100)
+    for t, used in ((5, 500), (60.5, 500), (61.5, 400), (63.5, 200), (64.5, 100), (65.5, 0)):
+        clock.at(t)
+        decision = await _admit(limiter, "k", limits, 0)
+        assert decision.headers["x-ratelimit-remaining-tokens"] == str(1000 - used), t
+    clock.at(300)  # long after: nothing left, and the oldest bucket is the new one
+    decision = await _admit(limiter, "k", limits, 10)
+    assert decision.headers["x-ratelimit-remaining-tokens"] == "990"
+    assert decision.headers["x-ratelimit-reset-tokens"] == "1m1s"
+
+
 async def test_estimate_over_token_limit_is_refused(limiter: RateLimiter) -> None:
     limits = Limits(tokens_per_minute=100)
     refused = await _refused(limiter, "k", limits, 101)
@@ -389,7 +406,7 @@ async def test_redis_keys_expire(prefix: str) -> None:
     try:
         decision = await _admit(lim, "k", Limits(1, 100, 1), 10)
         keys = sorted([k.decode() async for k in client.scan_iter(match=f"{prefix}*")])
-        assert keys == [f"{prefix}{{k}}:c", f"{prefix}{{k}}:r", f"{prefix}{{k}}:t"]
+        assert keys == [f"{prefix}{{k}}:c", f"{prefix}{{k}}:r", f"{prefix}{{k}}:u"]
         ttls = [await client.ttl(k) for k in keys]
         assert 0 < ttls[0] <= INFLIGHT_TTL_S + 1
         assert 0 < ttls[1] <= 61 and 0 < ttls[2] <= 62

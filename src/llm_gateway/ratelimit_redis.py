@@ -50,8 +50,10 @@ _BATCH_LUA = """
 -- arguments per call: the key's base name, and the call itself:
 --   'a <id> <rpm> <tpm> <concurrent> <estimate>'   (-1 = limit unset)
 --   's <id> <slot> <token delta>'
--- Per key, <base>:r is the request log (zset id -> time), <base>:t the token
--- buckets (hash second -> tokens), <base>:c the in-flight reservations (zset
+-- Per key, <base>:r is the request log (zset id -> time), <base>:u the token
+-- buckets (hash second -> tokens, with 'sum' and 'low'; named :t before the
+-- running total, so replicas of both versions do not misread each other's
+-- hash during a rolling upgrade), <base>:c the in-flight reservations (zset
 -- id -> expiry). Replies: per admission {reason, retry ms, requests,
 -- requests reset ms, tokens, tokens reset ms, slot}; per settlement 1 or 0.
 local now
@@ -66,7 +68,7 @@ local window = WINDOW
 local slot = math.floor(now)
 
 local function acquire(base, id, rpm, tpm, conc, est)
-  local kr, kt, kc = base .. ':r', base .. ':t', base .. ':c'
+  local kr, kt, kc = base .. ':r', base .. ':u', base .. ':c'
   local reason, retry = 0, 0
   local function refuse(code, after)
     if reason == 0 then reason = code end
@@ -91,33 +93,42 @@ local function acquire(base, id, rpm, tpm, conc, est)
     end
   end
 
-  -- Tokens: bucket s counts while floor(now) - s <= window.
-  local used, tok_reset = 0, 0
+  -- Tokens: bucket s counts while floor(now) - s <= window. The hash keeps a
+  -- running total ('sum') and its oldest live bucket ('low'), so an admission
+  -- reads two fields, not every bucket; a bucket is dropped once, when it
+  -- leaves the window.
+  local used, tok_reset, low = 0, 0, nil
   if tpm >= 0 then
-    local h = redis.call('HGETALL', kt)
     local first = slot - window
-    local live, stale = {}, {}
-    for i = 1, #h, 2 do
-      local s, v = tonumber(h[i]), tonumber(h[i + 1])
-      if s < first then
-        stale[#stale + 1] = h[i]
+    local meta = redis.call('HMGET', kt, 'sum', 'low')
+    used, low = tonumber(meta[1]) or 0, tonumber(meta[2])
+    if low ~= nil and low < first then
+      while low < first do
+        local v = redis.call('HGET', kt, low)
+        if v then
+          used = used - tonumber(v)
+          redis.call('HDEL', kt, low)
+        end
+        low = low + 1
+      end
+      while low <= slot and redis.call('HEXISTS', kt, low) == 0 do low = low + 1 end
+      if low > slot then
+        low, used = nil, 0
+        redis.call('DEL', kt)
       else
-        live[#live + 1] = {s, v}
-        used = used + v
+        redis.call('HSET', kt, 'sum', used, 'low', low)
       end
     end
-    if #stale > 0 then redis.call('HDEL', kt, unpack(stale)) end
-    table.sort(live, function(a, b) return a[1] < b[1] end)
-    if #live > 0 then tok_reset = live[1][1] + window + 1 - now end
+    if low ~= nil then tok_reset = low + window + 1 - now end
     if used + est > tpm then
       local after = window
       if est <= tpm then
         local need, freed = used + est - tpm, 0
         after = window + 1
-        for _, b in ipairs(live) do
-          freed = freed + b[2]
+        for s = low or slot, slot do
+          freed = freed + (tonumber(redis.call('HGET', kt, s)) or 0)
           if freed >= need then
-            after = b[1] + window + 1 - now
+            after = s + window + 1 - now
             break
           end
         end
@@ -138,9 +149,13 @@ local function acquire(base, id, rpm, tpm, conc, est)
     end
     if tpm >= 0 then
       redis.call('HINCRBY', kt, slot, est)
+      redis.call('HINCRBY', kt, 'sum', est)
+      if low == nil then
+        redis.call('HSET', kt, 'low', slot)
+        tok_reset = slot + window + 1 - now
+      end
       redis.call('EXPIRE', kt, window + 2)
       used = used + est
-      if tok_reset == 0 then tok_reset = slot + window + 1 - now end
     end
     redis.call('ZADD', kc, now + ttl, id)
     redis.call('EXPIRE', kc, math.ceil(ttl) + 1)
@@ -151,8 +166,9 @@ end
 
 local function settle(base, id, bucket, delta)
   if redis.call('ZREM', base .. ':c', id) == 0 then return 0 end
-  if delta ~= '0' and redis.call('HEXISTS', base .. ':t', bucket) == 1 then
-    redis.call('HINCRBY', base .. ':t', bucket, delta)
+  if delta ~= '0' and redis.call('HEXISTS', base .. ':u', bucket) == 1 then
+    redis.call('HINCRBY', base .. ':u', bucket, delta)
+    redis.call('HINCRBY', base .. ':u', 'sum', delta)
   end
   return 1
 end
