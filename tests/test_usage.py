@@ -329,3 +329,40 @@ def test_latency_histograms_count_each_request_in_its_bucket() -> None:
     assert requests == {"200": 2, "429": 1, "500": 1}
     limited = families["llmgw_rate_limited"].samples
     assert [(s.labels["route"], s.value) for s in limited] == [("/v1/x", 1)]
+
+
+async def test_stats_columns_of_two_writers_on_one_database_hold_every_record_once(
+    tmp_path: Path,
+) -> None:
+    """Two gateways on one SQLite file: each takes its own records as it writes
+    them and reads the other's back, and none is missed or counted twice."""
+    from llm_gateway.store.database import create_engine, migrate
+    from llm_gateway.usage import UsageRecord, UsageRecorder
+    from llm_gateway.usage_columns import UsageColumns
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    engines = [create_engine(url), create_engine(url)]
+    await migrate(engines[0])
+    columns = [UsageColumns(e) for e in engines]
+    recorders = [
+        UsageRecorder(e, on_written=c.written) for e, c in zip(engines, columns, strict=True)
+    ]
+    try:
+        for c in columns:
+            await c.refresh()  # loaded (empty)
+        for who, n in ((0, 3), (1, 2), (0, 4), (0, 1), (1, 5), (0, 2)):
+            for i in range(n):
+                rec = UsageRecord(time.time(), 0.0, f"r{who}-{i}", "POST", "/v1/x", None)
+                rec.user, rec.status, rec.latency_ms = f"user{who}", 200, 1.0
+                recorders[who].add(rec)
+            assert await recorders[who].flush()
+            await columns[who].refresh()  # as its poll would, right after its own write
+        for c in columns:
+            await c.refresh()
+            assert c.n == 17
+            assert sorted(c.col("id").tolist()) == list(range(1, 18))
+            users = [c.dicts["user"].values[code] for code in c.col("user").tolist()]
+            assert users.count("user0") == 10 and users.count("user1") == 7
+    finally:
+        for e in engines:
+            await e.dispose()

@@ -116,7 +116,7 @@ async def open_store(state: GatewayState) -> None:
         flush_interval_s=settings.usage_flush_interval_s,
         max_buffer=settings.usage_buffer_size,
         observers=observers,
-        on_written=columns.poke if columns is not None else None,
+        on_written=columns.written if columns is not None else None,
     )
     state.stats = UsageStats(state.database, columns)
 

@@ -186,7 +186,7 @@ class UsageRecorder:
         batch_size: int = 1000,
         max_buffer: int = 100_000,
         observers: Sequence[Callable[[UsageRecord], None]] = (),
-        on_written: Callable[[], None] | None = None,
+        on_written: Callable[[list[tuple[Any, ...]], int | None], None] | None = None,
     ) -> None:
         self._engine = engine
         self._interval = flush_interval_s
@@ -256,7 +256,7 @@ class UsageRecorder:
         while left > 0:
             batch = [self._buffer[i] for i in range(min(self._batch_size, left))]
             try:
-                await self._insert(batch)
+                first_id = await self._insert(batch)
             except Exception as exc:  # unreachable, locked, ...: keep them, try later
                 self.failures += 1
                 self.healthy = False
@@ -273,12 +273,15 @@ class UsageRecorder:
             self.healthy = True
             self._backoff = 0.0
             if self._on_written is not None:
-                self._on_written()
+                self._on_written(batch, first_id)
         return True
 
-    async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+    async def _insert(self, rows: list[tuple[Any, ...]]) -> int | None:
         """One batch in one transaction, through the driver itself: SQLAlchemy's
         per-row parameter work would run on the event loop (~10 us a row).
+        Returns the first row's id where the ids are known to be consecutive
+        (SQLite: one writer at a time, and a new rowid is the largest plus one),
+        else None.
 
         The rows go INSERT_SLICE at a time. sqlite3's executemany holds the GIL
         for the whole call, so a thousand rows in one stalled the event loop for
@@ -293,10 +296,13 @@ class UsageRecorder:
                 try:
                     for i in range(0, len(rows), INSERT_SLICE):
                         await driver.executemany(_SQLITE_INSERT, rows[i : i + INSERT_SLICE])
+                    async with driver.execute("SELECT last_insert_rowid()") as cursor:
+                        last = (await cursor.fetchone())[0]
                 except BaseException:
                     await driver.rollback()
                     raise
                 await driver.commit()
+                return int(last) - len(rows) + 1 if last else None
             elif dialect == "postgresql":
                 async with driver.transaction():
                     for i in range(0, len(rows), INSERT_SLICE):
@@ -309,6 +315,7 @@ class UsageRecorder:
                 values = [dict(zip(INSERT_COLUMNS, r, strict=True)) for r in rows]
                 await conn.execute(sa.insert(usage_records), values)
                 await conn.commit()
+        return None
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop the loop and write what is buffered, retrying until ``timeout_s``."""
