@@ -7,6 +7,8 @@ memory) loads with the first statistics query, which reads them in place.
 It is filled from the store at start-up and kept in step by polling for rows
 with a larger id (every second, and right after this process writes), so the
 records of every replica sharing the database show up, a second or so late.
+With SQLite, the records this process writes are taken as written (their ids
+are known), not read back.
 
 In PostgreSQL, ids come from a sequence and a transaction may commit after
 one with a larger id; the poll there looks back ``LOOKBACK_S`` seconds of ids
