@@ -366,3 +366,22 @@ async def test_stats_columns_of_two_writers_on_one_database_hold_every_record_on
     finally:
         for e in engines:
             await e.dispose()
+
+
+async def test_a_failing_observer_costs_no_record(tmp_path: Path) -> None:
+    from llm_gateway.store.database import create_engine, migrate
+    from llm_gateway.usage import UsageRecord, UsageRecorder
+
+    def broken(record: UsageRecord) -> None:
+        raise RuntimeError("metrics backend exploded")
+
+    seen: list[str] = []
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")
+    await migrate(engine)
+    recorder = UsageRecorder(engine, observers=[broken, lambda r: seen.append(r.request_id)])
+    try:
+        recorder.add(UsageRecord(time.time(), 0.0, "kept", "POST", "/v1/x", None))
+        assert await recorder.flush()
+        assert recorder.written == 1 and seen == ["kept"]
+    finally:
+        await engine.dispose()
