@@ -67,6 +67,9 @@ local ttl = tonumber(ARGV[2])
 local window = WINDOW
 local slot = math.floor(now)
 
+-- Keys an admission wrote, and their TTLs: set once a batch, not once a call.
+local expiring = {}
+
 local function acquire(base, id, rpm, tpm, conc, est)
   local kr, kt, kc = base .. ':r', base .. ':u', base .. ':c'
   local reason, retry = 0, 0
@@ -144,7 +147,7 @@ local function acquire(base, id, rpm, tpm, conc, est)
   if reason == 0 then
     if rpm >= 0 then
       redis.call('ZADD', kr, now, id)
-      redis.call('EXPIRE', kr, window + 1)
+      expiring[kr] = window + 1
       nreq = nreq + 1
     end
     if tpm >= 0 then
@@ -154,11 +157,11 @@ local function acquire(base, id, rpm, tpm, conc, est)
         redis.call('HSET', kt, 'low', slot)
         tok_reset = slot + window + 1 - now
       end
-      redis.call('EXPIRE', kt, window + 2)
+      expiring[kt] = window + 2
       used = used + est
     end
     redis.call('ZADD', kc, now + ttl, id)
-    redis.call('EXPIRE', kc, math.ceil(ttl) + 1)
+    expiring[kc] = math.ceil(ttl) + 1
   end
   return {reason, math.ceil(retry * 1000), nreq, math.ceil(req_reset * 1000), used,
           math.ceil(tok_reset * 1000), slot}
@@ -185,6 +188,7 @@ for i = 3, #ARGV, 2 do
     replies[#replies + 1] = settle(base, f[2], f[3], f[4])
   end
 end
+for key, seconds in pairs(expiring) do redis.call('EXPIRE', key, seconds) end
 return replies
 """.replace("WINDOW", str(WINDOW_S))
 
