@@ -15,7 +15,9 @@ serves three targets, measured side by side in interleaved rounds:
             script the first time (--no-litellm skips it)
 
 Per round and target: latency at concurrency 1 (wrk, p50 and p99), requests
-per second at concurrency 16 and 64 (wrk on CPU 1 beside the mock), and 100
+per second at concurrency 16 and 64 (wrk on CPU 1 beside the mock) and the
+target's CPU time per request at 16 (from /proc: time stolen by the VM's
+neighbours is not in it, so it moves less than req/s from run to run), and 100
 sequential streaming requests (20 chunks each) for time to first byte and the
 target's CPU time per stream. Once per target: time from start to the first
 answered request, RSS when idle after start and at peak.
@@ -159,7 +161,9 @@ def wrk(target: Target, script: Path, conns: int, seconds: int) -> dict[str, flo
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    done = re.search(r"(\d+) requests in", out)
     return {
+        "requests": float(done.group(1)) if done else 0.0,
         "rps": float(rps.group(1)) if rps else 0.0,
         "p50_ms": pct("50"),
         "p99_ms": pct("99"),
@@ -289,7 +293,9 @@ def main(args: argparse.Namespace) -> int:
                     f'wrk.headers["Content-Type"] = "application/json"\n{auth}'
                 )
                 c1 = wrk(t, script, 1, args.seconds)
+                before = cpu_s(t.pid) if t.pid else 0.0
                 c16 = wrk(t, script, 16, args.seconds)
+                used = (cpu_s(t.pid) - before) if t.pid else 0.0
                 c64 = wrk(t, script, 64, args.seconds)
                 time.sleep(2)  # the usage records of the load are written and counted first
                 st = streams(t, args.streams)
@@ -297,6 +303,8 @@ def main(args: argparse.Namespace) -> int:
                     "c1_p50_ms": c1["p50_ms"],
                     "c1_p99_ms": c1["p99_ms"],
                     "c16_rps": c16["rps"],
+                    # CPU time (steal excluded): steadier than req/s on a shared machine
+                    "c16_cpu_us_per_req": used / c16["requests"] * 1e6 if c16["requests"] else 0.0,
                     "c64_rps": c64["rps"],
                     "non_2xx": c1["non_2xx"] + c16["non_2xx"] + c64["non_2xx"],
                     **st,
@@ -305,7 +313,8 @@ def main(args: argparse.Namespace) -> int:
                     data[t.name].setdefault(k, []).append(v)
                 print(
                     f"  round {r + 1} {t.name:8} c1 p50 {row['c1_p50_ms']:.3f} p99 "
-                    f"{row['c1_p99_ms']:.3f} ms | c16 {row['c16_rps']:7.0f} | c64 "
+                    f"{row['c1_p99_ms']:.3f} ms | c16 {row['c16_rps']:7.0f} "
+                    f"({row['c16_cpu_us_per_req']:.0f} us CPU/req) | c64 "
                     f"{row['c64_rps']:7.0f} req/s | stream TTFB {row['ttfb_p50_ms']:.3f} ms, "
                     f"{row['cpu_ms_per_stream']:.2f} ms CPU",
                     flush=True,
