@@ -237,16 +237,19 @@ class UsageColumns:
         own, self._own = self._own, []
         for rows, first_id in own:
             skip = max(0, self._floor + 1 - first_id)  # a poll has read these already
-            columns = [
-                (first_id + i, r[0], r[3], r[2], r[4], r[7], r[14], r[8], r[9], r[10], r[16],
-                 r[17], r[13])
-                for i, r in enumerate(rows) if i >= skip
-            ]  # fmt: skip
-            for i in range(0, len(columns), APPEND_SLICE):
-                added += self._append(columns[i : i + APPEND_SLICE])
+            if skip >= len(rows):
+                continue
+            follows = first_id + skip == self._floor + 1
+            for start in range(skip, len(rows), APPEND_SLICE):
+                part = [
+                    (first_id + i, r[0], r[3], r[2], r[4], r[7], r[14], r[8], r[9], r[10],
+                     r[16], r[17], r[13])
+                    for i, r in enumerate(rows[start : start + APPEND_SLICE], start)
+                ]  # fmt: skip
+                added += self._append(part)
                 await asyncio.sleep(0)  # requests get their turn between slices
-            if columns and columns[0][0] == self._floor + 1 and self.lookback_s == 0:
-                self._floor = columns[-1][0]
+            if follows and self.lookback_s == 0:
+                self._floor = first_id + len(rows) - 1
         return added
 
     async def _fetch(self, after: int, page: int) -> Sequence[Any]:
