@@ -32,12 +32,14 @@ from array import array
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_gateway.store.tables import usage_records as u
+from llm_gateway.usage import INSERT_COLUMNS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,6 +82,8 @@ _COLUMNS = (
     u.c.tokens_per_s,
 )
 
+_AS_POLLED = itemgetter(*(INSERT_COLUMNS.index(c.name) for c in _COLUMNS[1:]))
+"""A row as written (INSERT_COLUMNS order) in _COLUMNS order, less the id."""
 
 _SELECT = (
     f"SELECT {', '.join(c.name for c in _COLUMNS)} FROM usage_records "
@@ -170,10 +174,6 @@ class UsageColumns:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def poke(self) -> None:
-        """New records were written: poll now rather than in a second."""
-        self._wake.set()
-
     def written(self, rows: list[tuple[Any, ...]], first_id: int | None) -> None:
         """This process wrote ``rows`` (in INSERT_COLUMNS order). With their ids
         (``first_id``, consecutive), the columns take them as they are instead of
@@ -242,10 +242,9 @@ class UsageColumns:
             follows = first_id + skip == self._floor + 1
             for start in range(skip, len(rows), APPEND_SLICE):
                 part = [
-                    (first_id + i, r[0], r[3], r[2], r[4], r[7], r[14], r[8], r[9], r[10],
-                     r[16], r[17], r[13])
+                    (first_id + i, *_AS_POLLED(r))
                     for i, r in enumerate(rows[start : start + APPEND_SLICE], start)
-                ]  # fmt: skip
+                ]
                 added += self._append(part)
                 await asyncio.sleep(0)  # requests get their turn between slices
             if follows and self.lookback_s == 0:
