@@ -22,8 +22,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from llm_gateway import Settings
+from llm_gateway.metrics import GatewayMetrics
+from llm_gateway.models import Registry
 from llm_gateway.stats import percentiles
-from llm_gateway.usage import bucket_upper_ms, latency_bucket
+from llm_gateway.store.database import create_engine, migrate
+from llm_gateway.usage import UsageRecord, UsageRecorder, bucket_upper_ms, latency_bucket
+from llm_gateway.usage_columns import UsageColumns
 from tests.conftest import ADMIN_KEY, AUTH, admin_client, start_gateway
 
 CHAT = {"model": "dummy", "messages": [{"role": "user", "content": "one two three"}]}
@@ -264,8 +268,6 @@ def test_usage_export_and_prune_cli(tmp_path: Path) -> None:
 
 
 async def test_records_are_kept_while_the_store_fails_and_written_after(tmp_path: Path) -> None:
-    from llm_gateway.store.database import create_engine, migrate
-    from llm_gateway.usage import UsageRecord, UsageRecorder
 
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'late.db'}")  # no tables yet
     recorder = UsageRecorder(engine, max_buffer=100)
@@ -290,7 +292,7 @@ def test_request_log_lines_are_json_with_the_request_fields(
     import logging
 
     from llm_gateway.logs import JsonFormatter
-    from llm_gateway.usage import UsageRecord, log_request
+    from llm_gateway.usage import log_request
 
     rec = UsageRecord(time.time(), 0.0, "rid-1", "POST", "/v1/chat/completions", "10.0.0.9")
     rec.status, rec.model, rec.key_id, rec.user, rec.latency_ms = 200, "dummy", "k1", "ann", 1.5
@@ -304,10 +306,6 @@ def test_request_log_lines_are_json_with_the_request_fields(
 
 def test_latency_histograms_count_each_request_in_its_bucket() -> None:
     from prometheus_client.parser import text_string_to_metric_families
-
-    from llm_gateway.metrics import GatewayMetrics
-    from llm_gateway.models import Registry
-    from llm_gateway.usage import UsageRecord
 
     metrics = GatewayMetrics(Registry([]), lambda path: path, lambda: None)
     for latency_ms, status in ((0.5, 200), (1.0, 200), (3.0, 429), (200_000.0, 500)):
@@ -336,9 +334,6 @@ async def test_stats_columns_of_two_writers_on_one_database_hold_every_record_on
 ) -> None:
     """Two gateways on one SQLite file: each takes its own records as it writes
     them and reads the other's back, and none is missed or counted twice."""
-    from llm_gateway.store.database import create_engine, migrate
-    from llm_gateway.usage import UsageRecord, UsageRecorder
-    from llm_gateway.usage_columns import UsageColumns
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
     engines = [create_engine(url), create_engine(url)]
@@ -369,8 +364,6 @@ async def test_stats_columns_of_two_writers_on_one_database_hold_every_record_on
 
 
 async def test_a_failing_observer_costs_no_record(tmp_path: Path) -> None:
-    from llm_gateway.store.database import create_engine, migrate
-    from llm_gateway.usage import UsageRecord, UsageRecorder
 
     def broken(record: UsageRecord) -> None:
         raise RuntimeError("metrics backend exploded")
