@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from llm_gateway.http_server import GatewayHttpProtocol
+from llm_gateway.http_server import HOLD_MAX, GatewayHttpProtocol
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -37,6 +37,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": part, "more_body": True})
             await asyncio.sleep(0.01)
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/burst":  # many body messages in one turn of the loop
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(BURST):
+            part = b"%04d" % i * 256  # 1 KiB each: more than HOLD_MAX in all
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"end"})
+    elif path == "/burst-then-wait":  # a burst, then nothing until the client leaves
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"one", b"two", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
     elif path == "/bad-header":
         headers = [(b"x-bad", b"line\r\nbreak")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -52,6 +64,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     else:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+
+BURST = 100
 
 
 @pytest.fixture
@@ -149,3 +164,38 @@ async def test_no_content_answers_carry_no_framing(server: int) -> None:
     data = await exchange(server, request("/nothing"))
     assert data.startswith(b"HTTP/1.1 204 No Content\r\n")
     assert b"transfer-encoding" not in data and data.endswith(b"\r\n\r\n")
+
+
+def dechunk(body: bytes) -> list[bytes]:
+    """The chunks of a chunked body, the last (empty) one included."""
+    chunks = []
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        chunks.append(body[:size])
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+    return chunks
+
+
+async def test_a_burst_of_body_messages_arrives_whole_and_in_order(server: int) -> None:
+    assert BURST * 1024 > HOLD_MAX
+    data = await exchange(server, request("/burst"))
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    expected = [b"%04d" % i * 256 for i in range(BURST)] + [b"end", b""]
+    assert dechunk(body) == expected
+
+
+async def test_what_a_burst_sends_leaves_before_the_app_sends_again(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(request("/burst-then-wait"))
+    data = b""
+    try:
+        while not data.endswith(b"5\r\nthree\r\n"):  # the app sends nothing more
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk, "connection closed early"
+            data += chunk
+    finally:
+        writer.close()
+    assert data.partition(b"\r\n\r\n")[2] == b"3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n"

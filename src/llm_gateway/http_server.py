@@ -1,12 +1,17 @@
 """uvicorn's httptools protocol, with a leaner response path.
 
-Two changes to how a response goes out, both measured on the overhead bench:
+Three changes to how a response goes out, each measured on the overhead bench:
 
 * The status line and headers wait for the first body message and leave in
   one write with it, as the ASGI spec asks ("the server must not start
   sending the response to the client until it has received at least one
   response body event"). uvicorn writes them at once: two writes, two TCP
   segments and two wake-ups of the client for every whole answer.
+* Body messages sent in one turn of the event loop leave in one write: the
+  first at once, the ones after it at the end of the turn (or when 64 KiB are
+  held). A stream whose upstream delivered many events in one read went out as
+  one write per event, each a system call and a wake-up of the client; an
+  event that arrives on its own still leaves at once.
 * Header names and values are checked for the bytes uvicorn refuses once for
   the whole set (two translate() calls) instead of two regular-expression
   searches per header.
@@ -31,6 +36,8 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+HOLD_MAX = 1 << 16
+"""Body bytes held for the end of the loop's turn beyond this are written at once."""
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 # The bytes uvicorn's HEADER_RE and HEADER_VALUE_RE refuse, as translate() tables:
 # deleting every allowed byte leaves the refused ones (a C loop; the regular
@@ -43,6 +50,10 @@ class GatewayCycle(RequestResponseCycle):
     """One request and its response; the response head is held for the first body."""
 
     head: bytes = b""
+    loop: asyncio.AbstractEventLoop
+    _turn: asyncio.Handle | None = None  # a write happened this turn; ends it
+    _held: list[bytes] | None = None  # body written since, for the turn's end
+    _held_bytes = 0
 
     async def send(self, message: Any) -> None:  # uvicorn's ASGISendEvent
         if self.flow.write_paused and not self.disconnected:
@@ -124,7 +135,7 @@ class GatewayCycle(RequestResponseCycle):
             self.expected_content_length -= len(body)
             out = head + body if head else body
         if out:
-            self.transport.write(out)
+            self._write(out, more_body)
         if not more_body:
             if self.expected_content_length != 0:
                 raise RuntimeError("Response content shorter than Content-Length")
@@ -133,6 +144,32 @@ class GatewayCycle(RequestResponseCycle):
             if not self.keep_alive:
                 self.transport.close()
             self.on_response()
+
+    def _write(self, out: bytes, more_body: bool) -> None:
+        """Write now, or hold until the end of this turn of the loop when something
+        went out in it already; the last body message takes what is held with it."""
+        held = self._held
+        if held is not None:
+            held.append(out)
+            self._held_bytes += len(out)
+            if not more_body or self._held_bytes > HOLD_MAX:
+                self._release()
+        elif self._turn is None or not more_body:
+            self.transport.write(out)
+            if more_body:
+                self._turn = self.loop.call_soon(self._end_turn)
+        else:
+            self._held = [out]
+            self._held_bytes = len(out)
+
+    def _release(self) -> None:
+        held, self._held, self._held_bytes = self._held, None, 0
+        if held and not self.disconnected:
+            self.transport.write(b"".join(held))
+
+    def _end_turn(self) -> None:
+        self._turn = None
+        self._release()
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -173,6 +210,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             keep_alive=http_version != "1.0" and parser.should_keep_alive(),
             on_response=self.on_response_complete,
         )
+        self.cycle.loop = self.loop
         if existing_cycle is None or existing_cycle.response_complete:
             self._start_asgi_task(self.cycle, self.app)
         else:  # pipelined: queued until the response before it is complete
