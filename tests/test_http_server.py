@@ -49,6 +49,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": part, "more_body": True})
         while (await receive())["type"] != "http.disconnect":
             pass
+    elif path == "/burst-then-fail":  # a burst, then the app fails in the same turn
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"one", b"two", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        raise RuntimeError("the app failed mid-stream")
     elif path == "/bad-header":
         headers = [(b"x-bad", b"line\r\nbreak")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -199,3 +204,10 @@ async def test_what_a_burst_sends_leaves_before_the_app_sends_again(server: int)
     finally:
         writer.close()
     assert data.partition(b"\r\n\r\n")[2] == b"3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n"
+
+
+async def test_what_an_app_sent_before_failing_arrives_before_the_close(server: int) -> None:
+    data = await exchange(server, request("/burst-then-fail"), until_close=True)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert body == b"3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n"  # no last chunk: broken off

@@ -145,6 +145,34 @@ class GatewayCycle(RequestResponseCycle):
                 self.transport.close()
             self.on_response()
 
+    async def run_asgi(self, app: Any) -> None:
+        """uvicorn's own, except that what the app sent before it failed or stopped
+        short is written before the connection is closed (it may still be held)."""
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self.send_500_response()
+            else:
+                self._close()
+        else:
+            if result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+                self._close()
+            elif not self.response_started and not self.disconnected:
+                self.logger.error("ASGI callable returned without starting response.")
+                await self.send_500_response()
+            elif not self.response_complete and not self.disconnected:
+                self.logger.error("ASGI callable returned without completing response.")
+                self._close()
+        finally:
+            self.on_response = lambda: None
+
+    def _close(self) -> None:
+        self._release()
+        self.transport.close()
+
     def _write(self, out: bytes, more_body: bool) -> None:
         """Write now, or hold until the end of this turn of the loop when something
         went out in it already; the last body message takes what is held with it."""
