@@ -11,7 +11,8 @@ Three changes to how a response goes out, each measured on the overhead bench:
   first at once, the ones after it at the end of the turn (or when 64 KiB are
   held). A stream whose upstream delivered many events in one read went out as
   one write per event, each a system call and a wake-up of the client; an
-  event that arrives on its own still leaves at once.
+  event that arrives on its own still leaves at once, and what is held when
+  the app fails still goes out before the connection closes.
 * Header names and values are checked for the bytes uvicorn refuses once for
   the whole set (two translate() calls) instead of two regular-expression
   searches per header.
