@@ -396,6 +396,33 @@ async def test_settlements_without_waiting_free_the_slot(
         await asyncio.sleep(0.05)
 
 
+async def test_bursts_on_several_keys_count_each_key_on_its_own(limiter: RateLimiter) -> None:
+    # Interleaved bursts on two keys (Redis: one batch), then settlements of one
+    # key's requests and a second burst in the same loop turn: the settled slots
+    # and tokens are free for that burst, the other key is still full.
+    limits = Limits(requests_per_minute=5, tokens_per_minute=100, concurrent=3)
+
+    async def burst() -> dict[str, list[Decision]]:
+        keys = ["a", "b"] * 8
+        decisions = await asyncio.gather(*(limiter.acquire(k, limits, 10) for k in keys))
+        return {k: [d for k2, d in zip(keys, decisions, strict=True) if k2 == k] for k in "ab"}
+
+    first = await burst()
+    for key in "ab":
+        admitted = [d for d in first[key] if d.allowed]
+        assert [d.headers["x-ratelimit-remaining-tokens"] for d in admitted] == ["90", "80", "70"]
+        assert {d.reason for d in first[key] if not d.allowed} == {"concurrency"}
+    for d in first["a"][:3]:
+        limiter.settle_soon(_reservation(d), 5)  # 15 tokens used instead of 30
+    second = await burst()
+    admitted = [d for d in second["a"] if d.allowed]
+    assert [d.headers["x-ratelimit-remaining-tokens"] for d in admitted] == ["75", "65"]
+    assert [d.headers["x-ratelimit-remaining-requests"] for d in admitted] == ["1", "0"]
+    assert {d.reason for d in second["a"] if not d.allowed} == {"requests"}
+    assert not any(d.allowed for d in second["b"])
+    assert {d.reason for d in second["b"]} == {"concurrency"}
+
+
 # --------------------------------------------------------------------------- Redis only
 
 

@@ -45,7 +45,7 @@ MAX_RETRYING = 100_000
 
 
 _BATCH_LUA = """
--- A batch of admissions and settlements, applied in order, atomically.
+-- A batch of admissions and settlements, applied atomically.
 -- ARGV[1]: now ('' = server TIME); ARGV[2]: in-flight TTL (s); then two
 -- arguments per call: the key's base name, and the call itself:
 --   'a <id> <rpm> <tpm> <concurrent> <estimate>'   (-1 = limit unset)
@@ -54,8 +54,15 @@ _BATCH_LUA = """
 -- buckets (hash second -> tokens, with 'sum' and 'low'; named :t before the
 -- running total, so replicas of both versions do not misread each other's
 -- hash during a rolling upgrade), <base>:c the in-flight reservations (zset
--- id -> expiry). Replies: per admission {reason, retry ms, requests,
--- requests reset ms, tokens, tokens reset ms, slot}; per settlement 1 or 0.
+-- id -> expiry). Replies, in call order: per admission {reason, retry ms,
+-- requests, requests reset ms, tokens, tokens reset ms, slot}; per
+-- settlement 1 (applied) or 0 (settled already, or expired).
+--
+-- The calls of a batch were all made before any of them was answered, so any
+-- order is a valid one: settlements go first (they free room), then the
+-- admissions in call order. Redis work is per key, not per call: a key's
+-- state is read once a batch, kept here while its admissions are decided,
+-- and written once at the end (one ZADD for all its new requests, ...).
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -66,70 +73,156 @@ end
 local ttl = tonumber(ARGV[2])
 local window = WINDOW
 local slot = math.floor(now)
+local replies = {}
+local admissions = {}  -- {reply index, base, id, rpm, tpm, concurrent, estimate}
+local settling, settled_bases = {}, {}  -- base -> {{reply index, id, slot, delta}}
 
--- Keys an admission wrote, and their TTLs: set once a batch, not once a call.
-local expiring = {}
+for i = 3, #ARGV, 2 do
+  local n = (i - 1) / 2
+  local base = ARGV[i]
+  local f = {}
+  for word in string.gmatch(ARGV[i + 1], '%S+') do f[#f + 1] = word end
+  if f[1] == 'a' then
+    admissions[#admissions + 1] = {n, base, f[2], tonumber(f[3]), tonumber(f[4]),
+                                   tonumber(f[5]), tonumber(f[6])}
+  else
+    local list = settling[base]
+    if list == nil then
+      list = {}
+      settling[base] = list
+      settled_bases[#settled_bases + 1] = base
+    end
+    list[#list + 1] = {n, f[2], f[3], tonumber(f[4])}
+  end
+end
 
-local function acquire(base, id, rpm, tpm, conc, est)
-  local kr, kt, kc = base .. ':r', base .. ':u', base .. ':c'
+-- Settlements: a reservation still held frees its slot, and its token delta
+-- goes to its bucket if that bucket is still there.
+for _, base in ipairs(settled_bases) do
+  local list, kc, kt = settling[base], base .. ':c', base .. ':u'
+  local ids = {}
+  for j, s in ipairs(list) do ids[j] = s[2] end
+  local held = redis.call('ZMSCORE', kc, unpack(ids))
+  local found, seen, deltas, buckets = {}, {}, {}, {}
+  for j, s in ipairs(list) do
+    local ok = held[j] and not seen[s[2]]
+    if ok then
+      seen[s[2]] = true
+      found[#found + 1] = s[2]
+      if s[4] ~= 0 then
+        if deltas[s[3]] == nil then
+          deltas[s[3]] = 0
+          buckets[#buckets + 1] = s[3]
+        end
+        deltas[s[3]] = deltas[s[3]] + s[4]
+      end
+    end
+    replies[s[1]] = ok and 1 or 0
+  end
+  if #found > 0 then redis.call('ZREM', kc, unpack(found)) end
+  local total = 0
+  for _, b in ipairs(buckets) do
+    if deltas[b] ~= 0 and redis.call('HEXISTS', kt, b) == 1 then
+      redis.call('HINCRBY', kt, b, deltas[b])
+      total = total + deltas[b]
+    end
+  end
+  if total ~= 0 then redis.call('HINCRBY', kt, 'sum', total) end
+end
+
+-- A key's state, read on first use in this batch.
+local states, order = {}, {}
+local function state(base)
+  local st = states[base]
+  if st == nil then
+    st = {kr = base .. ':r', kt = base .. ':u', kc = base .. ':c', radd = {}, cadd = {}}
+    redis.call('ZREMRANGEBYSCORE', st.kc, '-inf', now)
+    st.conc = redis.call('ZCARD', st.kc)
+    states[base] = st
+    order[#order + 1] = st
+  end
+  return st
+end
+
+local function requests_of(st)
+  -- Requests: a request counts while now - time < window.
+  if st.nreq == nil then
+    redis.call('ZREMRANGEBYSCORE', st.kr, '-inf', now - window)
+    st.nreq = redis.call('ZCARD', st.kr)
+    if st.nreq > 0 then
+      st.oldest = tonumber(redis.call('ZRANGE', st.kr, 0, 0, 'WITHSCORES')[2])
+    end
+  end
+end
+
+local function tokens_of(st)
+  -- Tokens: bucket s counts while floor(now) - s <= window. The hash keeps a
+  -- running total ('sum') and its oldest live bucket ('low'), so this reads
+  -- two fields, not every bucket; a bucket is dropped once, when it leaves
+  -- the window.
+  if st.used ~= nil then return end
+  local kt = st.kt
+  local first = slot - window
+  local meta = redis.call('HMGET', kt, 'sum', 'low')
+  local used, low = tonumber(meta[1]) or 0, tonumber(meta[2])
+  if low ~= nil and low < first then
+    while low < first do
+      local v = redis.call('HGET', kt, low)
+      if v then
+        used = used - tonumber(v)
+        redis.call('HDEL', kt, low)
+      end
+      low = low + 1
+    end
+    while low <= slot and redis.call('HEXISTS', kt, low) == 0 do low = low + 1 end
+    if low > slot then
+      low, used = nil, 0
+      redis.call('DEL', kt)
+    else
+      redis.call('HSET', kt, 'sum', used, 'low', low)
+    end
+  end
+  st.used, st.low, st.tadd = used, low, 0
+end
+
+local function acquire(st, id, rpm, tpm, conc, est)
   local reason, retry = 0, 0
   local function refuse(code, after)
     if reason == 0 then reason = code end
     if after > retry then retry = after end
   end
 
-  -- Requests: a request counts while now - time < window.
   local nreq, req_reset = 0, window
   if rpm >= 0 then
-    redis.call('ZREMRANGEBYSCORE', kr, '-inf', now - window)
-    nreq = redis.call('ZCARD', kr)
-    if nreq > 0 then
-      req_reset = tonumber(redis.call('ZRANGE', kr, 0, 0, 'WITHSCORES')[2]) + window - now
-    end
+    requests_of(st)
+    nreq = st.nreq + #st.radd
+    if st.oldest ~= nil then req_reset = st.oldest + window - now end
     if nreq >= rpm then
       local after = window
       if rpm > 0 then
-        local i = nreq - rpm
-        after = tonumber(redis.call('ZRANGE', kr, i, i, 'WITHSCORES')[2]) + window - now
+        local i, at = nreq - rpm, now  -- this batch's requests are at now
+        if i < st.nreq then
+          at = tonumber(redis.call('ZRANGE', st.kr, i, i, 'WITHSCORES')[2])
+        end
+        after = at + window - now
       end
       refuse(1, after)
     end
   end
 
-  -- Tokens: bucket s counts while floor(now) - s <= window. The hash keeps a
-  -- running total ('sum') and its oldest live bucket ('low'), so an admission
-  -- reads two fields, not every bucket; a bucket is dropped once, when it
-  -- leaves the window.
-  local used, tok_reset, low = 0, 0, nil
+  local used, tok_reset = 0, 0
   if tpm >= 0 then
-    local first = slot - window
-    local meta = redis.call('HMGET', kt, 'sum', 'low')
-    used, low = tonumber(meta[1]) or 0, tonumber(meta[2])
-    if low ~= nil and low < first then
-      while low < first do
-        local v = redis.call('HGET', kt, low)
-        if v then
-          used = used - tonumber(v)
-          redis.call('HDEL', kt, low)
-        end
-        low = low + 1
-      end
-      while low <= slot and redis.call('HEXISTS', kt, low) == 0 do low = low + 1 end
-      if low > slot then
-        low, used = nil, 0
-        redis.call('DEL', kt)
-      else
-        redis.call('HSET', kt, 'sum', used, 'low', low)
-      end
-    end
-    if low ~= nil then tok_reset = low + window + 1 - now end
+    tokens_of(st)
+    used = st.used
+    if st.low ~= nil then tok_reset = st.low + window + 1 - now end
     if used + est > tpm then
       local after = window
       if est <= tpm then
         local need, freed = used + est - tpm, 0
         after = window + 1
-        for s = low or slot, slot do
-          freed = freed + (tonumber(redis.call('HGET', kt, s)) or 0)
+        for s = st.low or slot, slot do
+          freed = freed + (tonumber(redis.call('HGET', st.kt, s)) or 0)
+          if s == slot then freed = freed + st.tadd end
           if freed >= need then
             after = s + window + 1 - now
             break
@@ -140,55 +233,59 @@ local function acquire(base, id, rpm, tpm, conc, est)
     end
   end
 
-  -- Concurrency: in-flight ids, scored by the time they stop counting.
-  redis.call('ZREMRANGEBYSCORE', kc, '-inf', now)
-  if conc >= 0 and redis.call('ZCARD', kc) >= conc then refuse(3, 1) end
+  if conc >= 0 and st.conc + #st.cadd >= conc then refuse(3, 1) end
 
   if reason == 0 then
     if rpm >= 0 then
-      redis.call('ZADD', kr, now, id)
-      expiring[kr] = window + 1
+      st.radd[#st.radd + 1] = id
       nreq = nreq + 1
     end
     if tpm >= 0 then
-      redis.call('HINCRBY', kt, slot, est)
-      redis.call('HINCRBY', kt, 'sum', est)
-      if low == nil then
-        redis.call('HSET', kt, 'low', slot)
+      st.tadd = st.tadd + est
+      st.twrite = true
+      if st.low == nil then
+        st.low, st.tlow = slot, true
         tok_reset = slot + window + 1 - now
       end
-      expiring[kt] = window + 2
-      used = used + est
+      st.used = used + est
+      used = st.used
     end
-    redis.call('ZADD', kc, now + ttl, id)
-    expiring[kc] = math.ceil(ttl) + 1
+    st.cadd[#st.cadd + 1] = id
   end
   return {reason, math.ceil(retry * 1000), nreq, math.ceil(req_reset * 1000), used,
           math.ceil(tok_reset * 1000), slot}
 end
 
-local function settle(base, id, bucket, delta)
-  if redis.call('ZREM', base .. ':c', id) == 0 then return 0 end
-  if delta ~= '0' and redis.call('HEXISTS', base .. ':u', bucket) == 1 then
-    redis.call('HINCRBY', base .. ':u', bucket, delta)
-    redis.call('HINCRBY', base .. ':u', 'sum', delta)
-  end
-  return 1
+for _, a in ipairs(admissions) do
+  replies[a[1]] = acquire(state(a[2]), a[3], a[4], a[5], a[6], a[7])
 end
 
-local replies = {}
-for i = 3, #ARGV, 2 do
-  local base, call = ARGV[i], ARGV[i + 1]
-  local f = {}
-  for word in string.gmatch(call, '%S+') do f[#f + 1] = word end
-  if f[1] == 'a' then
-    replies[#replies + 1] = acquire(base, f[2], tonumber(f[3]), tonumber(f[4]),
-                                    tonumber(f[5]), tonumber(f[6]))
-  else
-    replies[#replies + 1] = settle(base, f[2], f[3], f[4])
+-- Each key's admissions, written at once; each written key gets a TTL just
+-- past what it must remember.
+local function zadd(key, score, ids)
+  local args = {}
+  for j, id in ipairs(ids) do
+    args[2 * j - 1] = score
+    args[2 * j] = id
+  end
+  redis.call('ZADD', key, unpack(args))
+end
+for _, st in ipairs(order) do
+  if #st.radd > 0 then
+    zadd(st.kr, now, st.radd)
+    redis.call('EXPIRE', st.kr, window + 1)
+  end
+  if st.twrite then
+    redis.call('HINCRBY', st.kt, slot, st.tadd)
+    redis.call('HINCRBY', st.kt, 'sum', st.tadd)
+    if st.tlow then redis.call('HSET', st.kt, 'low', slot) end
+    redis.call('EXPIRE', st.kt, window + 2)
+  end
+  if #st.cadd > 0 then
+    zadd(st.kc, now + ttl, st.cadd)
+    redis.call('EXPIRE', st.kc, math.ceil(ttl) + 1)
   end
 end
-for key, seconds in pairs(expiring) do redis.call('EXPIRE', key, seconds) end
 return replies
 """.replace("WINDOW", str(WINDOW_S))
 
@@ -215,10 +312,12 @@ class RedisLimiter:
 
     Calls are *batched*: the admissions and settlements requested while a batch
     is on the wire go out together in the next one, a single EVALSHA that
-    applies them in order, atomically. Under load many requests share one round
-    trip and one script run; a lone request goes out at once. At most
-    ``IN_FLIGHT`` batches are on the wire. (The script names its keys in ARGV,
-    so it needs a single Redis, or a primary with replicas, not Redis Cluster.)
+    applies them atomically (settlements first, then admissions in order), and
+    reads and writes each key once a batch, not once a call. Under load many
+    requests share one round trip and one script run; a lone request goes out
+    at once. At most ``IN_FLIGHT`` batches are on the wire. (The script names
+    its keys in ARGV, so it needs a single Redis, or a primary with replicas,
+    not Redis Cluster; and Redis 6.2 or newer, for ZMSCORE.)
 
     ``clock`` (seconds) replaces the server's ``TIME`` — for tests only.
     ``timeout_s`` bounds connecting and each command, so an unreachable Redis
