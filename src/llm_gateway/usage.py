@@ -176,10 +176,7 @@ SQLITE_SLICE = 10
 Measured at c16 on the dummy backend (6 alternated rounds), 50 rows a statement
 cost the gateway 84 us of CPU a request, 25 rows 82, 10 rows 80, 5 rows 80; and
 at c1 (20,000 requests off a socket, 3 runs each) the p99 went from 0.40-0.48
-ms to 0.33-0.34 with 10: requests meet a statement holding the GIL less long.
-With auth off: 72 -> 67 us. With Redis limits: no gain (93.5 against 91.6 us,
-throughput 1.04x; 8 rounds). A shorter thread switch interval (0.5 ms) did not
-help either slice size, so it is not the GIL's 5 ms hand-over timeout."""
+ms to 0.33-0.34 with 10: requests meet a statement holding the GIL less long."""
 COPY_SLICE = 50
 """Rows a COPY on PostgreSQL (asyncpg encodes them on the event loop)."""
 
