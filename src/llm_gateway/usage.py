@@ -171,14 +171,8 @@ def note_error(scope: Any, error_type: str) -> None:
         record.error_type = error_type
 
 
-SQLITE_SLICE = 10
-"""Rows an executemany on SQLite: between statements, the event loop gets its turn.
-Measured at c16 on the dummy backend (6 alternated rounds), 50 rows a statement
-cost the gateway 84 us of CPU a request, 25 rows 82, 10 rows 80, 5 rows 80; and
-at c1 (20,000 requests off a socket, 3 runs each) the p99 went from 0.40-0.48
-ms to 0.33-0.34 with 10: requests meet a statement holding the GIL less long."""
-COPY_SLICE = 50
-"""Rows a COPY on PostgreSQL (asyncpg encodes them on the event loop)."""
+INSERT_SLICE = 50
+"""Rows a statement: between statements, the event loop gets its turn."""
 
 
 class UsageRecorder:
@@ -292,9 +286,9 @@ class UsageRecorder:
         (SQLite: one writer at a time, and a new rowid is the largest plus one),
         else None.
 
-        The rows go a slice at a time. sqlite3's executemany holds the GIL for
-        the whole call, so a thousand rows in one stalled the event loop for 3
-        to 5 ms; asyncpg's COPY encodes its records on the event loop.
+        The rows go INSERT_SLICE at a time. sqlite3's executemany holds the GIL
+        for the whole call, so a thousand rows in one stalled the event loop for
+        3 to 5 ms; asyncpg's COPY encodes its records on the event loop.
         """
         async with self._engine.connect() as conn:
             dialect = self._engine.dialect.name
@@ -303,8 +297,8 @@ class UsageRecorder:
             if dialect == "sqlite":
                 await driver.execute("BEGIN")
                 try:
-                    for i in range(0, len(rows), SQLITE_SLICE):
-                        await driver.executemany(_SQLITE_INSERT, rows[i : i + SQLITE_SLICE])
+                    for i in range(0, len(rows), INSERT_SLICE):
+                        await driver.executemany(_SQLITE_INSERT, rows[i : i + INSERT_SLICE])
                     async with driver.execute("SELECT last_insert_rowid()") as cursor:
                         last = (await cursor.fetchone())[0]
                 except BaseException:
@@ -314,10 +308,10 @@ class UsageRecorder:
                 return int(last) - len(rows) + 1 if last else None
             elif dialect == "postgresql":
                 async with driver.transaction():
-                    for i in range(0, len(rows), COPY_SLICE):
+                    for i in range(0, len(rows), INSERT_SLICE):
                         await driver.copy_records_to_table(
                             "usage_records",
-                            records=rows[i : i + COPY_SLICE],
+                            records=rows[i : i + INSERT_SLICE],
                             columns=INSERT_COLUMNS,
                         )
             else:
