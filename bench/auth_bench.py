@@ -46,6 +46,8 @@ from pathlib import Path
 
 import httpx
 
+from usage_check import usage_backlog
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "llmgw-authbench01-auth-bench-key"
 HUGE = "1000000000"
@@ -163,7 +165,7 @@ def wrk(base: str, script: Path, connections: int, seconds: int, pin: bool) -> d
 def measure(
     bases: dict[str, str], script: Path, args: argparse.Namespace, model: bool
 ) -> dict[str, dict[str, list[float]]]:
-    fields = ("rps", "p50_ms", "non_2xx", "cpu_us", "ratio")
+    fields = ("rps", "p50_ms", "non_2xx", "cpu_us", "ratio", "backlog", "dropped")
     results: dict[str, dict[str, list[float]]] = {v: {f: [] for f in fields} for v in bases}
     names = list(bases)
     conns = 4 if model else 16
@@ -172,6 +174,9 @@ def measure(
         loads = {}
         for name in order:
             loads[name] = load = wrk(bases[name], script, conns, args.seconds, pin=not model)
+            backlog, dropped = usage_backlog(bases[name], {"Authorization": f"Bearer {KEY}"})
+            results[name]["backlog"].append(backlog)
+            results[name]["dropped"].append(dropped)
             lat = wrk(bases[name], script, 1, args.seconds, pin=not model)
             results[name]["rps"].append(load["rps"])
             results[name]["cpu_us"].append(load["cpu_us"])
@@ -197,6 +202,8 @@ def summarize(results: dict[str, dict[str, list[float]]]) -> dict[str, dict[str,
             "cpu_us": statistics.median(r["cpu_us"]),
             "p50_ms": statistics.median(r["p50_ms"]),
             "non_2xx": sum(r["non_2xx"]),
+            "usage_backlog_max": max(r["backlog"]),
+            "usage_dropped": max(r["dropped"]),
         }
         for v, r in results.items()
     }
@@ -208,7 +215,11 @@ def report(title: str, s: dict[str, dict[str, float]]) -> list[str]:
         lines.append(
             f"  {name:6} {m['rps']:9.0f} req/s  {m['ratio']:.3f} of off  "
             f"{m['cpu_us']:6.1f} us CPU/req  p50 {m['p50_ms']:.3f} ms  non-2xx {m['non_2xx']:.0f}"
+            f"  usage records behind after a load <= {m['usage_backlog_max']:.0f},"
+            f" dropped {m['usage_dropped']:.0f}"
         )
+        if m["usage_dropped"]:
+            lines.append(f"  WARNING: {name} dropped usage records: its figures miss work")
     for name in ("memory", "redis"):
         cost = 1 - s[name]["ratio"]
         verdict = "PASS" if cost <= 0.15 else "FAIL"
