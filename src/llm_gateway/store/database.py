@@ -65,11 +65,12 @@ def _yield_to_the_loop(dbapi_conn: object, _record: object) -> None:
 
     A process pinned to one core shares it between the loop and these threads:
     at concurrency 1, the requests that arrived while the usage recorder wrote
-    a batch waited for the scheduler to switch (0.4 to 1.5 ms; 186 to 214 of
-    the 222 to 272 requests over 0.4 ms in 20,000 came in the 100 after a
-    flush began). At nice +10 the p99 went from 0.42-0.51 ms to 0.33-0.36
-    (3 alternated runs each). Linux only (elsewhere a thread id is no process
-    id); nothing happens where it is not allowed.
+    a batch were the slow ones (186 to 214 of the 222 to 272 requests over 0.4
+    ms in 20,000 came in the 100 after a flush began). At nice +10 a socket
+    client's p99 went from 0.42-0.51 ms to 0.33-0.36 (3 alternated runs each;
+    wrk's did not move: most of its tail was the stats columns' steps, see
+    ``usage_columns.APPEND_SLICE``). Linux only (elsewhere a thread id is no
+    process id); nothing happens where it is not allowed.
     """
     thread = getattr(getattr(dbapi_conn, "_connection", None), "_thread", None)
     tid = getattr(thread, "native_id", None)
