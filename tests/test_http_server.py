@@ -62,6 +62,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = [(b"content-length", b"10")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"12345"})
+    elif path == "/upper":  # names in capitals, which ASGI does not allow but uvicorn takes
+        headers = [(b"Content-Length", b"2"), (b"X-Custom", b"Value"), (b"Connection", b"close")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
     elif path == "/close":
         headers = [(b"content-length", b"2"), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -163,6 +167,17 @@ async def test_connection_close_from_the_app_closes_after_the_answer(server: int
     data = await exchange(server, request("/close") + request("/echo", b"next"), True)
     assert data.startswith(b"HTTP/1.1 200 OK") and data.count(b"HTTP/1.1") == 1
     assert data.endswith(b"\r\n\r\nok")
+
+
+async def test_header_names_in_capitals_are_sent_in_lower_case_and_still_frame(
+    server: int,
+) -> None:
+    data = await exchange(server, request("/upper"), until_close=True)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert b"x-custom: Value" in lines and b"content-length: 2" in lines
+    assert b"connection: close" in lines and b"transfer-encoding: chunked" not in lines
+    assert body == b"ok"  # the length framed it and the connection closed after it
 
 
 async def test_no_content_answers_carry_no_framing(server: int) -> None:

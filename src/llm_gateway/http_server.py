@@ -84,15 +84,16 @@ class GatewayCycle(RequestResponseCycle):
             )
 
     def _head(self, status: int, app_headers: Any) -> bytes:
-        headers = self.default_headers + list(app_headers)
-        if b"".join([n for n, _ in headers]).translate(None, _NAME_OK):
+        headers = [*self.default_headers, *app_headers]
+        names = b"".join([n for n, _ in headers])
+        if names.translate(None, _NAME_OK):
             raise RuntimeError("Invalid HTTP header name.")
         if b"\t".join([v for _, v in headers]).translate(None, _VALUE_OK):
             raise RuntimeError("Invalid HTTP header value.")
-        content = [STATUS_LINE[status]]
+        if not names.islower():  # ASGI asks for lower-case names; uvicorn lowers them
+            headers = [(n.lower(), v) for n, v in headers]
         has_connection_close = False
         for name, value in headers:
-            name = name.lower()
             if name in _SPECIAL:
                 if name == b"content-length":
                     if self.chunked_encoding is None:
@@ -105,7 +106,9 @@ class GatewayCycle(RequestResponseCycle):
                 elif b"close" in [t.lower().strip() for t in value.split(b",")]:
                     self.keep_alive = False
                     has_connection_close = True
-            content += (name, b": ", value, b"\r\n")
+        content = [STATUS_LINE[status]]
+        if headers:
+            content += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
         if not self.keep_alive and not has_connection_close:
             content.append(b"connection: close\r\n")
         if (
