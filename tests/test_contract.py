@@ -154,6 +154,7 @@ def test_client_disconnect_aborts_generation(server: str) -> None:
         "model": MODEL,
         "stream": True,
         "max_tokens": 2000,
+        "temperature": 0,  # greedy: runs to max_tokens unless aborted (see below)
         "messages": [{"role": "user", "content": "Write a very long story."}],
     }
     before = _engine_state(server)["tokens_generated"]
@@ -177,7 +178,8 @@ def test_non_streaming_client_that_gives_up_aborts_generation(server: str, path:
         "model": MODEL,
         "stream": False,
         "max_tokens": 2000,
-        "options": {"num_predict": 2000},
+        "temperature": 0,  # greedy: this prompt then runs to the 2,000 tokens (~17 s);
+        "options": {"num_predict": 2000, "temperature": 0},  # sampled, it may stop in 1 s
         "messages": [{"role": "user", "content": "Write a very long story."}],
     }
     with pytest.raises(httpx.ReadTimeout):
