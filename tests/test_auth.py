@@ -157,6 +157,14 @@ def test_hs256_tokens(app_client: TestClient) -> None:
     assert app_client.get("/v1/models", headers=bearer("not.a.jwt")).status_code == 401
 
 
+def test_tokens_that_are_neither_keys_nor_jwts_are_named_as_such(app_client: TestClient) -> None:
+    r = app_client.get("/v1/models", headers=bearer("sk-some-other-vendors-key"))
+    assert r.status_code == 401
+    assert "neither an API key ('llmgw-<id>-<secret>') nor a JWT" in r.json()["error"]["message"]
+    r = app_client.get("/api/tags", headers=bearer("llmgw-justanid"))  # Ollama's error shape
+    assert r.status_code == 401 and "malformed API key" in r.json()["error"]
+
+
 def test_jwt_limit_claims_apply_per_model(app_client: TestClient) -> None:
     token = mint_token(
         SECRET,

@@ -26,6 +26,7 @@ from starlette.requests import HTTPConnection
 
 from llm_gateway.api.http import error_response
 from llm_gateway.errors import Forbidden, GatewayError, NotReady, Unauthorized
+from llm_gateway.keys import PREFIX as KEY_PREFIX
 from llm_gateway.keys import ApiKey, KeyStore, hash_secret, parse_key
 from llm_gateway.ratelimit import NO_LIMITS, Limits
 from llm_gateway.settings import Settings
@@ -236,6 +237,13 @@ class Authenticator:
 
     async def authenticate(self, token: str) -> Principal:
         if parse_key(token) is None:
+            if token.startswith(f"{KEY_PREFIX}-"):
+                raise Unauthorized(f"malformed API key: expected '{KEY_PREFIX}-<id>-<secret>'")
+            if token.count(".") != 2:
+                raise Unauthorized(
+                    f"the bearer token is neither an API key ('{KEY_PREFIX}-<id>-<secret>') "
+                    "nor a JWT (three dot-separated parts)"
+                )
             return self.verifier.verify(token)
         digest = hash_secret(token)  # never keep raw keys in memory longer than needed
         hit = self._cache.get(digest)
