@@ -21,6 +21,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from llm_gateway.ratelimit import (
+    DOWN_BACKOFF_S,
     INFLIGHT_TTL_S,
     Decision,
     Limits,
@@ -494,6 +495,35 @@ async def test_redis_down_fail_closed() -> None:
         assert (await lim.acquire("k", Limits(), 1)).allowed
     finally:
         await lim.close()
+
+
+async def test_a_closed_limiter_stops_retrying_its_settlements(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis that hangs up on every call: the admission's release is retried a
+    second later, but not after close(), which makes one last try and gives up."""
+    accepted = 0
+
+    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lim = RedisLimiter(f"redis://127.0.0.1:{port}/0", fail_open=True)
+    try:
+        decision = await lim.acquire("k", Limits(concurrent=1), 0)
+        assert decision.allowed and decision.reason is None  # failing open
+        assert accepted == 1
+        with caplog.at_level(logging.WARNING, logger="llm_gateway.ratelimit_redis"):
+            await lim.close()
+        assert any("closing with 1 settlements unsent" in r.message for r in caplog.records)
+        await asyncio.sleep(DOWN_BACKOFF_S + 0.3)
+        assert accepted == 1  # no retry reached for Redis after close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 _HAMMER = textwrap.dedent(

@@ -345,6 +345,8 @@ class RedisLimiter:
         self._kick_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
         self._retrying = 0  # settlements waiting to be sent again
+        self._retry_timers: dict[int, tuple[asyncio.TimerHandle, list[_Call]]] = {}
+        self._closing = False
         self._settle_timer: asyncio.TimerHandle | None = None
         self._sha = hashlib.sha1(_BATCH_LUA.encode()).hexdigest()
         self._ttl = repr(INFLIGHT_TTL_S)
@@ -519,6 +521,15 @@ class RedisLimiter:
     def _retry_settlements(self, calls: list[_Call]) -> None:
         """Send failed settlements again later (settling twice is harmless: the
         script only acts on a reservation it still finds)."""
+        if self._closing:  # close() made its last try
+            if calls:
+                log.warning(
+                    "rate limiter: closing with %d settlements unsent; "
+                    "their slots free themselves after %.0f s",
+                    len(calls),
+                    INFLIGHT_TTL_S,
+                )
+            return
         keep = [c for c in calls if c.tries < SETTLE_TRIES]
         if len(keep) < len(calls) or self._retrying > MAX_RETRYING:
             log.warning(
@@ -531,9 +542,11 @@ class RedisLimiter:
         for c in keep:
             c.tries += 1
         self._retrying += len(keep)
-        asyncio.get_running_loop().call_later(DOWN_BACKOFF_S, self._requeue, keep)
+        timer = asyncio.get_running_loop().call_later(DOWN_BACKOFF_S, self._requeue, keep)
+        self._retry_timers[id(keep)] = (timer, keep)
 
     def _requeue(self, calls: list[_Call]) -> None:
+        self._retry_timers.pop(id(calls), None)
         self._retrying -= len(calls)
         self._queue[:0] = calls  # before newer calls: a settlement first frees its slot
         if not self._kick_scheduled and self._in_flight < self.IN_FLIGHT:
@@ -589,10 +602,15 @@ class RedisLimiter:
         return self._healthy
 
     async def close(self) -> None:
-        """Send what is queued (pending settlements), then close the connection pool."""
+        """Send what is queued (pending settlements, and those waiting to be retried:
+        one last try, no more after it), then close the connection."""
+        self._closing = True
         if self._settle_timer is not None:
             self._settle_timer.cancel()
             self._settle_timer = None
+        for timer, calls in list(self._retry_timers.values()):
+            timer.cancel()
+            self._requeue(calls)
         while self._queue or self._sending:
             if self._queue and not self._kick_scheduled:
                 self._kick()
