@@ -14,6 +14,7 @@ revoked key keeps working on any replica.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ from starlette.requests import HTTPConnection
 from llm_gateway.api.http import error_response
 from llm_gateway.errors import Forbidden, GatewayError, NotReady, Unauthorized
 from llm_gateway.keys import PREFIX as KEY_PREFIX
-from llm_gateway.keys import ApiKey, KeyStore, hash_secret, parse_key
+from llm_gateway.keys import ApiKey, KeyStore, parse_key
 from llm_gateway.ratelimit import NO_LIMITS, Limits
 from llm_gateway.settings import Settings
 
@@ -231,9 +232,23 @@ class Authenticator:
     def __init__(self, store: KeyStore, verifier: JwtVerifier) -> None:
         self.store = store
         self.verifier = verifier
-        self._cache: dict[str, tuple[Principal | None, float]] = {}
-        self._loading: dict[str, asyncio.Future[Principal | None]] = {}
+        self._cache: dict[bytes, tuple[Principal | None, float]] = {}
+        self._loading: dict[bytes, asyncio.Future[Principal | None]] = {}
         self.used: set[str] = set()  # key ids seen since the last touch flush
+
+    def cached(self, token: str) -> Principal | None:
+        """The caller of an API key looked up less than KEY_CACHE_TTL_S ago, else None.
+
+        The hot path: no coroutine, no parsing (only well-formed keys are cached).
+        The cache is keyed by a digest, so raw keys are not kept in memory.
+        """
+        hit = self._cache.get(hashlib.sha256(token.encode()).digest())
+        if hit is None or hit[1] <= time.monotonic() or hit[0] is None:
+            return None
+        principal = hit[0]
+        if principal.key_id is not None:  # always: only keys are cached
+            self.used.add(principal.key_id)
+        return principal
 
     async def authenticate(self, token: str) -> Principal:
         if parse_key(token) is None:
@@ -245,7 +260,7 @@ class Authenticator:
                     "nor a JWT (three dot-separated parts)"
                 )
             return self.verifier.verify(token)
-        digest = hash_secret(token)  # never keep raw keys in memory longer than needed
+        digest = hashlib.sha256(token.encode()).digest()  # the raw key is not kept
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > time.monotonic():
             principal = hit[0]
@@ -257,7 +272,7 @@ class Authenticator:
         self.used.add(principal.key_id)
         return principal
 
-    async def _look_up(self, digest: str, token: str) -> Principal | None:
+    async def _look_up(self, digest: bytes, token: str) -> Principal | None:
         """One store lookup per key at a time: concurrent requests with the same
         key wait for the first one's answer instead of each asking the store."""
         pending = self._loading.get(digest)
@@ -267,7 +282,7 @@ class Authenticator:
             pending.add_done_callback(lambda _: self._loading.pop(digest, None))
         return await asyncio.shield(pending)
 
-    async def _load(self, digest: str, token: str) -> Principal | None:
+    async def _load(self, digest: bytes, token: str) -> Principal | None:
         read_at = time.monotonic()  # the answer is this old, however long the read takes
         key = await self.store.authenticate(token)
         principal = Principal.from_key(key) if key is not None else None
@@ -286,10 +301,11 @@ class Authenticator:
 def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            scheme, _, token = value.partition(b" ")
+            token = token.strip()
+            if scheme.lower() != b"bearer" or not token:
                 raise Unauthorized("Authorization header must be 'Bearer <key or token>'")
-            return token.strip()
+            return token.decode("latin-1")
     return None
 
 
@@ -319,7 +335,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            principal = await self._principal(scope)
+            principal = self._known(scope) or await self._principal(scope)
         except GatewayError as exc:
             await error_response(exc, scope)(scope, receive, send)
             return
@@ -330,6 +346,16 @@ class AuthMiddleware:
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+    def _known(self, scope: Any) -> Principal | None:
+        """The caller when no await is needed (auth off, a cached key), else None."""
+        if not self.enabled:
+            return ANONYMOUS
+        authenticator = self.state.authenticator
+        if authenticator is None:
+            return None
+        token = bearer_token(scope["headers"])
+        return authenticator.cached(token) if token is not None else None
 
     async def _principal(self, scope: Any) -> Principal:
         if not self.enabled:
