@@ -42,6 +42,9 @@ Two interchangeable backends implement ``RateLimiter``:
   the clock. Per key: a sorted set of request ids scored by time, a
   hash of token buckets, and a sorted set of in-flight ids scored by expiry.
   Every key carries a TTL just past what it must remember, so idle keys vanish.
+  Far from a key's limits, Redis grants a process admissions in advance (a
+  *lease*, until the end of the current second), which it hands out without
+  a call; see ``ratelimit_redis``.
   When Redis cannot be reached, ``fail_open`` decides: admit (unlimited,
   warning at most every 10 s) or refuse with reason ``"unavailable"``.
 """
@@ -56,7 +59,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +136,16 @@ class Reservation:
     ``id`` is empty when nothing was reserved (no limits, or Redis unreachable
     and failing open): settling it does nothing. ``tokens`` is the estimate
     reserved in token bucket ``slot``, None when tokens are not limited.
+    ``lease`` and ``index``: the Redis backend's lease it was admitted from
+    (admissions handed out by the process, see ``ratelimit_redis``), if any.
     """
 
     key: str
     id: str
     slot: int = 0
     tokens: int | None = None
+    lease: Any = None
+    index: int = 0
 
 
 @dataclass(slots=True)  # not frozen: built per request
@@ -164,6 +171,11 @@ class RateLimiter(Protocol):
     async def acquire(self, key: str, limits: Limits, estimated_tokens: int) -> Decision:
         """Atomically: if within all limits, count 1 request, reserve the
         estimated tokens and take 1 concurrency slot."""
+        ...
+
+    def acquire_now(self, key: str, limits: Limits, estimated_tokens: int) -> Decision | None:
+        """``acquire`` when it can be decided without waiting (no coroutine, the
+        hot path), else None: then await ``acquire``."""
         ...
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:

@@ -4,6 +4,14 @@ See ``ratelimit`` for the limits themselves; this module holds the Lua script
 and the batching client, and is imported only when REDIS_URL is set. It talks
 to Redis through ``resp`` (a lean pipelined client), not redis-py: a round trip
 costs half the CPU.
+
+Leases keep most requests away from Redis altogether: far from a key's limits,
+an admission may come back with more admissions granted in advance, which
+this process hands out itself (``acquire_now``, no await) until the end of
+Redis's current second, then gives back what it did not use. Redis counts a
+lease in full when it grants it, so the limits hold across processes; near a
+limit no lease is granted and every admission asks (the script's header says
+how much is granted, and how a lease is counted and returned).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llm_gateway.ratelimit import (
@@ -42,21 +50,51 @@ SETTLE_DELAY_S = 0.005
 """A settlement waits at most this long for admissions to share a script run with."""
 MAX_RETRYING = 100_000
 """At most this many settlements wait for a retry; beyond, their slots expire by TTL."""
+LEASE_MIN = 8
+"""A lease is granted for at least this many admissions, or not at all."""
+LEASE_START = 32
+"""The admissions a process asks for in its first lease on a key."""
+LEASE_MAX = 512
+"""The most admissions a process asks for in one lease (the size doubles each
+time a lease runs out before its second is over, and halves when one ends
+less than half used)."""
+LEASE_SHARE = 8
+"""A lease takes at most 1/LEASE_SHARE of what is left of each limit."""
+LEASE_MIN_S = 0.05
+"""No lease is granted with less than this left of the current second."""
+LEASE_GRACE_S = 5.0
+"""Unreturned leased in-flight slots (a process that died) expire this long after the lease."""
 
 
 _BATCH_LUA = """
 -- A batch of admissions and settlements, applied atomically.
 -- ARGV[1]: now ('' = server TIME); ARGV[2]: in-flight TTL (s); then two
 -- arguments per call: the key's base name, and the call itself:
---   'a <id> <rpm> <tpm> <concurrent> <estimate>'   (-1 = limit unset)
+--   'a <id> <rpm> <tpm> <concurrent> <estimate> <lease>'   (-1 = limit unset)
 --   's <id> <slot> <token delta>'
+--   'r <id> <slot> <tokens back> <first unused> <size> [<held index> ...]'
 -- Per key, <base>:r is the request log (zset id -> time), <base>:u the token
 -- buckets (hash second -> tokens, with 'sum' and 'low'; named :t before the
 -- running total, so replicas of both versions do not misread each other's
 -- hash during a rolling upgrade), <base>:c the in-flight reservations (zset
 -- id -> expiry). Replies, in call order: per admission {reason, retry ms,
--- requests, requests reset ms, tokens, tokens reset ms, slot}; per
--- settlement 1 (applied) or 0 (settled already, or expired).
+-- requests, requests reset ms, tokens, tokens reset ms, slot, lease size,
+-- lease ms}; per settlement or lease return 1 (applied) or 0 (settled already,
+-- or expired; returned already).
+--
+-- Leases: an admission may ask for up to <lease> more admissions in advance,
+-- for its process to hand out without asking again. They are granted only far
+-- from every limit (at most 1/LEASE_SHARE of what is left of each, at least
+-- LEASE_MIN, <estimate> tokens each) and only until the end of the current
+-- second, and are counted at once on the strict side: requests <id>:1..n in
+-- the log scored at the end of the second (no later use can count for less
+-- than 60 s), their tokens in this second's bucket, and n in-flight slots
+-- <id>:1..n expiring LEASE_GRACE seconds after the lease. The return ('r')
+-- takes back what was not used: the unused requests and tokens (<tokens back>,
+-- which also carries the settled ones' estimates minus their real use), the
+-- in-flight slots no longer held; the held ones get the normal in-flight TTL
+-- and are settled like any admission ('s <id>:<index> ...'). A return is
+-- applied once (a marker key), so sending it again after a lost reply is safe.
 --
 -- The calls of a batch were all made before any of them was answered, so any
 -- order is a valid one: settlements go first (they free room), then the
@@ -76,6 +114,7 @@ local slot = math.floor(now)
 local replies = {}
 local admissions = {}  -- {reply index, base, id, rpm, tpm, concurrent, estimate}
 local settling, settled_bases = {}, {}  -- base -> {{reply index, id, slot, delta}}
+local returns = {}  -- {reply index, base, words}
 
 for i = 3, #ARGV, 2 do
   local n = (i - 1) / 2
@@ -84,7 +123,9 @@ for i = 3, #ARGV, 2 do
   for word in string.gmatch(ARGV[i + 1], '%S+') do f[#f + 1] = word end
   if f[1] == 'a' then
     admissions[#admissions + 1] = {n, base, f[2], tonumber(f[3]), tonumber(f[4]),
-                                   tonumber(f[5]), tonumber(f[6])}
+                                   tonumber(f[5]), tonumber(f[6]), tonumber(f[7]) or 0}
+  elseif f[1] == 'r' then
+    returns[#returns + 1] = {n, base, f}
   else
     local list = settling[base]
     if list == nil then
@@ -94,6 +135,42 @@ for i = 3, #ARGV, 2 do
     end
     list[#list + 1] = {n, f[2], f[3], tonumber(f[4])}
   end
+end
+
+-- Lease returns: see the header.
+for _, r in ipairs(returns) do
+  local base, f = r[2], r[3]
+  local lease, bucket, back = f[2], f[3], tonumber(f[4])
+  local first, size = tonumber(f[5]), tonumber(f[6])
+  local applied = redis.call('SET', base .. ':l:' .. lease, 1, 'NX', 'EX', 2 * window)
+  if applied then
+    local kc = base .. ':c'
+    local held = {}
+    for j = 7, #f do held[tonumber(f[j])] = true end
+    local gone, unused, extend = {}, {}, {}
+    for j = 1, size do
+      local id = lease .. ':' .. j
+      if held[j] then
+        extend[#extend + 1] = now + ttl
+        extend[#extend + 1] = id
+      else
+        gone[#gone + 1] = id
+      end
+      if j >= first then unused[#unused + 1] = id end
+    end
+    if #gone > 0 then redis.call('ZREM', kc, unpack(gone)) end
+    if #extend > 0 then
+      redis.call('ZADD', kc, 'XX', unpack(extend))
+      redis.call('EXPIRE', kc, math.ceil(ttl) + 1)
+    end
+    if #unused > 0 then redis.call('ZREM', base .. ':r', unpack(unused)) end
+    local kt = base .. ':u'
+    if back ~= 0 and redis.call('HEXISTS', kt, bucket) == 1 then
+      redis.call('HINCRBY', kt, bucket, -back)
+      redis.call('HINCRBY', kt, 'sum', -back)
+    end
+  end
+  replies[r[1]] = applied and 1 or 0
 end
 
 -- Settlements: a reservation still held frees its slot, and its token delta
@@ -135,7 +212,8 @@ local states, order = {}, {}
 local function state(base)
   local st = states[base]
   if st == nil then
-    st = {kr = base .. ':r', kt = base .. ':u', kc = base .. ':c', radd = {}, cadd = {}}
+    st = {kr = base .. ':r', kt = base .. ':u', kc = base .. ':c', radd = {}, cadd = {},
+          lreq = {}, lconc = {}}
     redis.call('ZREMRANGEBYSCORE', st.kc, '-inf', now)
     st.conc = redis.call('ZCARD', st.kc)
     states[base] = st
@@ -185,7 +263,7 @@ local function tokens_of(st)
   st.used, st.low, st.tadd = used, low, 0
 end
 
-local function acquire(st, id, rpm, tpm, conc, est)
+local function acquire(st, id, rpm, tpm, conc, est, want)
   local reason, retry = 0, 0
   local function refuse(code, after)
     if reason == 0 then reason = code end
@@ -195,7 +273,7 @@ local function acquire(st, id, rpm, tpm, conc, est)
   local nreq, req_reset = 0, window
   if rpm >= 0 then
     requests_of(st)
-    nreq = st.nreq + #st.radd
+    nreq = st.nreq + #st.radd + #st.lreq
     if st.oldest ~= nil then req_reset = st.oldest + window - now end
     if nreq >= rpm then
       local after = window
@@ -233,7 +311,8 @@ local function acquire(st, id, rpm, tpm, conc, est)
     end
   end
 
-  if conc >= 0 and st.conc + #st.cadd >= conc then refuse(3, 1) end
+  local inflight = st.conc + #st.cadd + #st.lconc
+  if conc >= 0 and inflight >= conc then refuse(3, 1) end
 
   if reason == 0 then
     if rpm >= 0 then
@@ -251,13 +330,37 @@ local function acquire(st, id, rpm, tpm, conc, est)
       used = st.used
     end
     st.cadd[#st.cadd + 1] = id
+    inflight = inflight + 1
+  end
+  local granted, lease_ms = 0, 0
+  if reason == 0 and want > 0 and slot + 1 - now >= LEASE_MIN_S then
+    local n = want
+    if rpm >= 0 then n = math.min(n, math.floor((rpm - nreq) / LEASE_SHARE)) end
+    if tpm >= 0 and est > 0 then
+      n = math.min(n, math.floor((tpm - used) / (LEASE_SHARE * est)))
+    end
+    if conc >= 0 then n = math.min(n, math.floor((conc - inflight) / LEASE_SHARE)) end
+    if n >= LEASE_MIN then
+      granted, lease_ms = n, math.floor((slot + 1 - now) * 1000)
+      for j = 1, n do
+        local lid = id .. ':' .. j
+        if rpm >= 0 then st.lreq[#st.lreq + 1] = lid end
+        st.lconc[#st.lconc + 1] = lid
+      end
+      if rpm >= 0 then nreq = nreq + n end
+      if tpm >= 0 then
+        st.tadd = st.tadd + n * est
+        st.used = st.used + n * est
+        used = st.used
+      end
+    end
   end
   return {reason, math.ceil(retry * 1000), nreq, math.ceil(req_reset * 1000), used,
-          math.ceil(tok_reset * 1000), slot}
+          math.ceil(tok_reset * 1000), slot, granted, lease_ms}
 end
 
 for _, a in ipairs(admissions) do
-  replies[a[1]] = acquire(state(a[2]), a[3], a[4], a[5], a[6], a[7])
+  replies[a[1]] = acquire(state(a[2]), a[3], a[4], a[5], a[6], a[7], a[8])
 end
 
 -- Each key's admissions, written at once; each written key gets a TTL just
@@ -281,13 +384,34 @@ for _, st in ipairs(order) do
     if st.tlow then redis.call('HSET', st.kt, 'low', slot) end
     redis.call('EXPIRE', st.kt, window + 2)
   end
-  if #st.cadd > 0 then
-    zadd(st.kc, now + ttl, st.cadd)
+  if #st.lreq > 0 then
+    zadd(st.kr, slot + 1, st.lreq)
+    redis.call('EXPIRE', st.kr, window + 2)
+  end
+  if #st.cadd > 0 or #st.lconc > 0 then
+    if #st.cadd > 0 then zadd(st.kc, now + ttl, st.cadd) end
+    if #st.lconc > 0 then zadd(st.kc, slot + 1 + LEASE_GRACE, st.lconc) end
     redis.call('EXPIRE', st.kc, math.ceil(ttl) + 1)
   end
 end
 return replies
-""".replace("WINDOW", str(WINDOW_S))
+"""
+_BATCH_LUA = (
+    _BATCH_LUA.replace("LEASE_SHARE", str(LEASE_SHARE))
+    .replace("LEASE_MIN_S", repr(LEASE_MIN_S))
+    .replace("LEASE_MIN", str(LEASE_MIN))
+    .replace("LEASE_GRACE", repr(LEASE_GRACE_S))
+    .replace("WINDOW", str(WINDOW_S))
+)
+
+
+def _leasable(limits: Limits) -> bool:
+    """Whether the limits are large enough for the script ever to grant a lease."""
+    least = LEASE_MIN * LEASE_SHARE
+    return all(
+        limit is None or limit >= least
+        for limit in (limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent)
+    )
 
 
 def _arg(limit: int | None) -> int:
@@ -303,8 +427,78 @@ class _Call:
     call: str
     reply: asyncio.Future[Any] | None
     tries: int = 0
-    admission: tuple[str, str, Limits, int] | None = None
-    """(key, id, limits, estimate) of an admission, to release it if its caller left."""
+    admission: tuple[str, str, Limits, int, int] | None = None
+    """(key, id, limits, estimate, lease asked for) of an admission, to release it
+    if its caller left."""
+
+
+@dataclass(eq=False, slots=True)
+class _Lease:
+    """Admissions Redis granted this process in advance, handed out without asking.
+
+    See the script's header. Admission ``i`` (1..size) holds the log entry and
+    the in-flight slot ``<id>:<i>``. While the lease is open its settlements
+    stay here (``held``, ``back``); ``RedisLimiter._return`` sends them with
+    what was not used at the end of the lease, after which the admissions still
+    held are settled in Redis one by one. ``requests`` and ``tokens`` are the
+    key's usage without the lease, which the headers count from.
+    """
+
+    key: str
+    id: str
+    limits: Limits
+    size: int
+    slot: int
+    granted_at: float
+    until: float
+    pool: int
+    tokens_left: int
+    requests: int
+    requests_reset_s: float
+    tokens: int
+    tokens_reset_s: float
+    next: int = 1
+    held: set[int] = field(default_factory=set)
+    back: int = 0
+    """Tokens to give back: estimates of settled admissions beyond their real use."""
+    closed: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+    def admit(self, limits: Limits, estimate: int, now: float) -> Decision | None:
+        """The next admission of the lease, or None when it cannot serve this one."""
+        i = self.next
+        if (
+            i > self.size
+            or now >= self.until
+            or (limits is not self.limits and limits != self.limits)
+        ):
+            return None
+        tokens: int | None = None
+        if limits.tokens_per_minute is not None:
+            if estimate > self.tokens_left:
+                return None
+            self.tokens_left -= estimate
+            tokens = estimate
+        self.next = i + 1
+        self.held.add(i)
+        elapsed = now - self.granted_at
+        headers = rate_headers(
+            limits,
+            self.requests + i,
+            self.requests_reset_s - elapsed,
+            self.tokens + self.pool - self.tokens_left,
+            self.tokens_reset_s - elapsed,
+        )
+        return Decision(
+            True, None, 0.0, headers, Reservation(self.key, self.id, self.slot, tokens, self, i)
+        )
+
+    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        """Settle one of the lease's admissions while the lease is open."""
+        if reservation.index in self.held:
+            self.held.remove(reservation.index)
+            if reservation.tokens is not None:
+                self.back += reservation.tokens - max(0, actual_tokens)
 
 
 class RedisLimiter:
@@ -355,6 +549,10 @@ class RedisLimiter:
         self._clock = clock
         self._node = secrets.token_hex(6)
         self._ids = itertools.count(1)
+        self._leases: dict[str, _Lease] = {}  # the newest lease of each key
+        self._open: set[_Lease] = set()  # every lease not returned yet
+        self._asking: set[str] = set()  # keys with a lease asked for, on the wire
+        self._lease_sizes: dict[str, int] = {}
         self._healthy = True
         self._down_until = -math.inf
         self._last_warning = -math.inf
@@ -365,17 +563,22 @@ class RedisLimiter:
 
     async def acquire(self, key: str, limits: Limits, estimated_tokens: int) -> Decision:
         """See ``RateLimiter.acquire``: one call in the next batch."""
-        if limits.empty:
-            return _unlimited(key)
+        decision = self.acquire_now(key, limits, estimated_tokens)
+        if decision is not None:
+            return decision
+        estimate = max(0, estimated_tokens)
+        lease = self._leases.get(key)
         if time.monotonic() < self._down_until:
             return self._unavailable(key)
         rid = f"{self._node}:{next(self._ids)}"
-        estimate = max(0, estimated_tokens)
+        want = self._lease_wanted(key, limits, lease)
         call = (
             f"a {rid} {_arg(limits.requests_per_minute)} {_arg(limits.tokens_per_minute)} "
-            f"{_arg(limits.concurrent)} {estimate}"
+            f"{_arg(limits.concurrent)} {estimate} {want}"
         )
-        reply = self._call(self._base(key), call, wait=True, admission=(key, rid, limits, estimate))
+        admission = (key, rid, limits, estimate, want)
+        asked_at = self._now()
+        reply = self._call(self._base(key), call, wait=True, admission=admission)
         assert reply is not None
         try:
             raw = await reply
@@ -387,20 +590,108 @@ class RedisLimiter:
             # (it must not hold a slot for 10 min). Cancelled just after the
             # reply landed: release it here.
             if reply.done() and not reply.cancelled() and reply.exception() is None:
-                self._release((key, rid, limits, estimate), reply.result())
+                self._release(admission, reply.result())
             raise
+        finally:
+            if want:
+                self._asking.discard(key)
+        if raw[7]:
+            self._open_lease(key, rid, limits, estimate, raw, asked_at)
         return self._decision(key, rid, limits, estimate, raw)
 
-    def _release(self, admission: tuple[str, str, Limits, int], raw: list[int]) -> None:
-        """Settle (with 0 tokens) an admission whose caller was cancelled."""
-        reservation = self._decision(*admission, raw).reservation
+    def acquire_now(self, key: str, limits: Limits, estimated_tokens: int) -> Decision | None:
+        """An admission from the key's lease, or None: then ``acquire`` asks Redis."""
+        if limits.empty:
+            return _unlimited(key)
+        lease = self._leases.get(key)
+        if lease is None:
+            return None
+        now = time.monotonic() if self._clock is None else self._clock()
+        return lease.admit(limits, estimated_tokens if estimated_tokens > 0 else 0, now)
+
+    def _now(self) -> float:
+        return time.monotonic() if self._clock is None else self._clock()
+
+    def _lease_wanted(self, key: str, limits: Limits, lease: _Lease | None) -> int:
+        """How many admissions to ask for in advance with this one (0: a lease
+        for this key is on its way already, or its limits are too small for one)."""
+        if key in self._asking or not _leasable(limits):
+            return 0
+        self._asking.add(key)
+        if lease is not None and lease.next > lease.size:  # ran out within its second
+            return min(2 * lease.size, LEASE_MAX)
+        return self._lease_sizes.get(key, LEASE_START)
+
+    def _open_lease(
+        self, key: str, rid: str, limits: Limits, estimate: int, raw: list[int], asked_at: float
+    ) -> None:
+        """Hand out the admissions a reply granted, until the lease ends (the
+        time is counted from before the call, so it ends before Redis's second)."""
+        _, _, requests, requests_reset_ms, tokens, tokens_reset_ms, slot, size, lease_ms = raw
+        pool = estimate * size if limits.tokens_per_minute is not None else 0
+        lease = _Lease(
+            key=key,
+            id=rid,
+            limits=limits,
+            size=size,
+            slot=slot,
+            granted_at=asked_at,
+            until=asked_at + lease_ms / 1000,
+            pool=pool,
+            tokens_left=pool,
+            requests=requests - size if limits.requests_per_minute is not None else 0,
+            requests_reset_s=requests_reset_ms / 1000,
+            tokens=tokens - pool,
+            tokens_reset_s=tokens_reset_ms / 1000,
+        )
+        self._leases[key] = lease
+        self._open.add(lease)
+        delay = max(0.0, lease.until - self._now())
+        lease.timer = asyncio.get_running_loop().call_later(delay, self._return, lease)
+
+    def _return(self, lease: _Lease) -> None:
+        """End a lease: give back what it did not use; its admissions still in
+        flight are settled in Redis from now on."""
+        lease.closed = True
+        if lease.timer is not None:
+            lease.timer.cancel()
+            lease.timer = None
+        self._open.discard(lease)
+        if self._leases.get(lease.key) is lease:
+            del self._leases[lease.key]
+        if 2 * (lease.next - 1) < lease.size:  # less than half used: ask for less next time
+            if len(self._lease_sizes) >= 100_000:
+                self._lease_sizes.clear()
+            self._lease_sizes[lease.key] = max(LEASE_MIN, lease.size // 2)
+        else:
+            self._lease_sizes[lease.key] = lease.size
+        held = "".join(f" {i}" for i in sorted(lease.held))
+        back = lease.back + lease.tokens_left
+        call = f"r {lease.id} {lease.slot} {back} {lease.next} {lease.size}{held}"
+        self._call(self._base(lease.key), call, wait=False)
+
+    def _release(self, admission: tuple[str, str, Limits, int, int], raw: list[int]) -> None:
+        """Settle (with 0 tokens) an admission whose caller was cancelled, and give
+        back the lease that came with it."""
+        key, rid, limits, estimate, _ = admission
+        reservation = self._decision(key, rid, limits, estimate, raw).reservation
         if reservation is not None:
             self.settle_soon(reservation, 0)
+        size = raw[7]
+        if size:
+            back = estimate * size if limits.tokens_per_minute is not None else 0
+            self._call(self._base(key), f"r {rid} {raw[6]} {back} 1 {size}", wait=False)
 
     @staticmethod
     def _decision(key: str, rid: str, limits: Limits, estimate: int, raw: list[int]) -> Decision:
-        """Turn the script's reply into a Decision."""
-        code, retry_ms, requests, requests_reset_ms, tokens, tokens_reset_ms, slot = raw
+        """Turn the script's reply into a Decision (its headers without the lease
+        granted with it, which the lease's own admissions count)."""
+        code, retry_ms, requests, requests_reset_ms, tokens, tokens_reset_ms, slot, size, _ = raw
+        if size:
+            if limits.requests_per_minute is not None:
+                requests -= size
+            if limits.tokens_per_minute is not None:
+                tokens -= size * estimate
         headers = rate_headers(
             limits, requests, requests_reset_ms / 1000, tokens, tokens_reset_ms / 1000
         )
@@ -415,13 +706,16 @@ class RedisLimiter:
         delta = 0
         if reservation.tokens is not None:
             delta = max(0, actual_tokens) - reservation.tokens
-        call = f"s {reservation.id} {reservation.slot} {delta}"
+        rid = reservation.id
+        if reservation.lease is not None:  # leased, and the lease is over
+            rid = f"{rid}:{reservation.index}"
+        call = f"s {rid} {reservation.slot} {delta}"
         return self._call(self._base(reservation.key), call, wait=wait)
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """See ``RateLimiter.settle``. Failures are logged, not raised (an
         unreleased slot frees itself after ``INFLIGHT_TTL_S``)."""
-        if not reservation.id:
+        if not reservation.id or self._settled_in_lease(reservation, actual_tokens):
             return
         reply = self._settle_call(reservation, actual_tokens, wait=True)
         assert reply is not None
@@ -430,8 +724,17 @@ class RedisLimiter:
 
     def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
         """See ``RateLimiter.settle_soon``: rides the next batch, nobody waits."""
-        if reservation.id:
+        if reservation.id and not self._settled_in_lease(reservation, actual_tokens):
             self._settle_call(reservation, actual_tokens, wait=False)
+
+    @staticmethod
+    def _settled_in_lease(reservation: Reservation, actual_tokens: int) -> bool:
+        """Settle a leased admission while its lease is open (no call to Redis)."""
+        lease: _Lease | None = reservation.lease
+        if lease is None or lease.closed:
+            return False
+        lease.settle(reservation, actual_tokens)
+        return True
 
     # ------------------------------------------------------------- batching
 
@@ -441,7 +744,7 @@ class RedisLimiter:
         call: str,
         *,
         wait: bool,
-        admission: tuple[str, str, Limits, int] | None = None,
+        admission: tuple[str, str, Limits, int, int] | None = None,
     ) -> asyncio.Future[Any] | None:
         """Queue one call for the next batch; its reply future when ``wait``.
 
@@ -498,6 +801,13 @@ class RedisLimiter:
                     _Call(c.base, f"s {c.admission[1]} 0 0", None)
                     for c in batch
                     if c.admission is not None
+                ]
+                # ... and the leases that may have come with them (their tokens
+                # are not known: they count until they leave the window).
+                retry += [
+                    _Call(c.base, f"r {c.admission[1]} 0 0 1 {c.admission[4]}", None)
+                    for c in batch
+                    if c.admission is not None and c.admission[4]
                 ]
             self._retry_settlements(retry)
         else:
@@ -605,6 +915,8 @@ class RedisLimiter:
         """Send what is queued (pending settlements, and those waiting to be retried:
         one last try, no more after it), then close the connection."""
         self._closing = True
+        for lease in list(self._open):
+            self._return(lease)
         if self._settle_timer is not None:
             self._settle_timer.cancel()
             self._settle_timer = None

@@ -24,7 +24,7 @@ from llm_gateway.errors import (
     UpstreamUnavailable,
 )
 from llm_gateway.models import ModelEntry, Registry
-from llm_gateway.ratelimit import Decision, Limits, MemoryLimiter, RateLimiter, RawHeaders
+from llm_gateway.ratelimit import Decision, Limits, RateLimiter, RawHeaders
 from llm_gateway.types import Chunk, GenerationRequest, Usage
 from llm_gateway.usage import UsageRecord
 
@@ -245,9 +245,8 @@ class InferenceService:
             return None
         estimate = _estimate_tokens(request, self.default_max_tokens)
         limiter = self.limiter
-        if isinstance(limiter, MemoryLimiter):  # decided at once: no coroutine to run
-            decision = limiter.acquire_now(key, limits, estimate)
-        else:
+        decision = limiter.acquire_now(key, limits, estimate)  # no coroutine when it can
+        if decision is None:
             decision = await limiter.acquire(key, limits, estimate)
         if not decision.allowed:
             raise _refusal(decision)

@@ -1,0 +1,245 @@
+"""Leases of the Redis rate limiter (127.0.0.1:6379, for real): admissions handed out in process.
+
+Far from its limits a key's admissions are granted in advance, a lease at a
+time, and handed out without a call to Redis; what a lease did not use goes
+back when its second ends. Redis must count, at every moment, at least what
+was handed out (never more than the limit admitted), and after the returns
+exactly what was used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from llm_gateway.ratelimit import Decision, Limits, Reservation
+from llm_gateway.ratelimit_redis import LEASE_GRACE_S, LEASE_START, RedisLimiter
+
+REDIS_URL = os.environ.get("LLMGW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+T0 = 1_000_000.0  # a whole second: a lease granted at T0 + f lasts 1 - f seconds
+BIG = Limits(requests_per_minute=100_000, tokens_per_minute=10**9, concurrent=10_000)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    assert await client.ping(), f"Redis at {REDIS_URL} does not answer"  # fail, not skip
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def prefix(redis: Redis) -> AsyncIterator[str]:
+    name = f"llmgw:test:{uuid.uuid4().hex[:12]}:"
+    yield name
+    keys = [k async for k in redis.scan_iter(match=f"{name}*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
+
+
+async def _counts(redis: Redis, prefix: str, key: str) -> tuple[int, int, int]:
+    """(requests in the log, in-flight slots, tokens) as Redis holds them."""
+    base = f"{prefix}{{{key}}}"
+    tokens = await redis.hget(f"{base}:u", "sum")
+    return (
+        await redis.zcard(f"{base}:r"),
+        await redis.zcard(f"{base}:c"),
+        int(tokens or 0),
+    )
+
+
+def _reservation(decision: Decision) -> Reservation:
+    assert decision.allowed and decision.reservation is not None, decision
+    return decision.reservation
+
+
+async def test_a_lease_hands_out_admissions_and_gives_back_the_rest(
+    redis: Redis, prefix: str
+) -> None:
+    clock = FakeClock()
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=clock)
+    try:
+        first = _reservation(await lim.acquire("k", BIG, 10))
+        assert first.lease is None  # asked Redis, and got a lease with it
+        # Redis counts the lease at once: the admission and LEASE_START more.
+        assert await _counts(redis, prefix, "k") == (
+            1 + LEASE_START,
+            1 + LEASE_START,
+            10 * (1 + LEASE_START),
+        )
+        leased = [_reservation(await lim.acquire("k", BIG, 10)) for _ in range(5)]
+        assert all(r.lease is not None for r in leased)
+        assert await _counts(redis, prefix, "k") == (
+            1 + LEASE_START,
+            1 + LEASE_START,
+            10 * (1 + LEASE_START),
+        )
+        for r in leased[:3]:
+            lim.settle_soon(r, 4)  # settled in the lease: no call
+    finally:
+        await lim.close()  # ends the lease: what was not used goes back
+    # 6 requests counted; 3 still in flight (first, and two leased ones);
+    # tokens: 3 x 10 reserved + 3 x 4 used.
+    assert await _counts(redis, prefix, "k") == (6, 3, 42)
+    # Admissions still held when their lease ended are settled in Redis.
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=clock)
+    try:
+        for r in (first, *leased[3:]):
+            await lim.settle(r, 7)
+        assert await _counts(redis, prefix, "k") == (6, 0, 12 + 21)
+    finally:
+        await lim.close()
+
+
+async def test_leased_headers_count_down_as_asked_ones_do(prefix: str) -> None:
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=FakeClock())
+    limits = Limits(requests_per_minute=1_000, tokens_per_minute=1_000_000)
+    try:
+        remaining = []
+        for _ in range(4):
+            decision = await lim.acquire("k", limits, 100)
+            remaining.append(
+                (
+                    decision.headers["x-ratelimit-remaining-requests"],
+                    decision.headers["x-ratelimit-remaining-tokens"],
+                )
+            )
+        assert _reservation(decision).lease is not None
+        assert remaining == [
+            ("999", "999900"),
+            ("998", "999800"),
+            ("997", "999700"),
+            ("996", "999600"),
+        ]
+    finally:
+        await lim.close()
+
+
+async def test_a_lease_ends_with_its_second(redis: Redis, prefix: str) -> None:
+    clock = FakeClock()
+    clock.now = T0 + 0.8  # the lease lasts 0.2 s
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=clock)
+    try:
+        _reservation(await lim.acquire("k", BIG, 10))
+        held = _reservation(await lim.acquire("k", BIG, 10))
+        assert held.lease is not None
+        clock.now = T0 + 1.0
+        after = _reservation(await lim.acquire("k", BIG, 10))
+        assert after.lease is None  # the lease is over: asked Redis again
+        await asyncio.sleep(0.4)  # the first lease's timer returns it; the second is open
+        assert (await _counts(redis, prefix, "k"))[:2] == (3 + LEASE_START, 3 + LEASE_START)
+        await lim.settle(held, 1)  # its lease is gone: settled in Redis
+        assert (await _counts(redis, prefix, "k"))[:2] == (3 + LEASE_START, 2 + LEASE_START)
+    finally:
+        await lim.close()
+    assert await _counts(redis, prefix, "k") == (3, 2, 21)
+
+
+async def test_small_limits_are_not_leased(redis: Redis, prefix: str) -> None:
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=FakeClock())
+    limits = Limits(requests_per_minute=60)
+    try:
+        admitted = [await lim.acquire("k", limits, 1) for _ in range(65)]
+        assert sum(d.allowed for d in admitted) == 60
+        assert all(d.reservation is None or d.reservation.lease is None for d in admitted)
+    finally:
+        await lim.close()
+
+
+async def test_leases_still_admit_exactly_n(redis: Redis, prefix: str) -> None:
+    """Leases shrink as the limit nears and stop before it: the last admissions
+    ask Redis one by one."""
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=FakeClock())
+    limits = Limits(requests_per_minute=300)
+    try:
+        admitted = [await lim.acquire("k", limits, 1) for _ in range(320)]
+        assert sum(d.allowed for d in admitted) == 300
+        assert [d.allowed for d in admitted] == [True] * 300 + [False] * 20
+        assert any(d.reservation is not None and d.reservation.lease for d in admitted)
+        assert admitted[-1].reason == "requests"
+    finally:
+        await lim.close()
+    assert (await _counts(redis, prefix, "k"))[0] == 300
+
+
+async def test_a_lease_never_takes_more_than_an_eighth_of_what_is_left(
+    redis: Redis, prefix: str
+) -> None:
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=FakeClock())
+    limits = Limits(requests_per_minute=200)
+    try:
+        _reservation(await lim.acquire("k", limits, 1))
+        assert (await _counts(redis, prefix, "k"))[0] == 1 + (200 - 1) // 8
+    finally:
+        await lim.close()
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from llm_gateway.ratelimit import Limits
+    from llm_gateway.ratelimit_redis import RedisLimiter
+
+    async def main(url: str, prefix: str) -> None:
+        lim = RedisLimiter(url, fail_open=False, prefix=prefix)
+        limits = Limits(requests_per_minute=100_000, concurrent=10_000)
+        while True:  # none is granted in the last moments of a second
+            decision = await lim.acquire("k", limits, 1)
+            assert decision.allowed
+            if lim._leases:
+                break
+            await asyncio.sleep(0.05)
+        print("leased", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def test_a_process_that_dies_holding_a_lease_frees_its_slots(
+    redis: Redis, prefix: str
+) -> None:
+    """Its leased in-flight slots expire LEASE_GRACE_S after the lease; the
+    admissions it made itself hold theirs for the usual in-flight TTL."""
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, REDIS_URL, prefix, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.wait_for(holder.stdout.readline(), 30)
+        assert line.decode().strip() == "leased"
+        holder.kill()
+        await holder.wait()
+        _, inflight, _ = await _counts(redis, prefix, "k")
+        assert inflight > LEASE_START  # the lease is still counted
+        # Later than the grace, as Redis sees it: a limiter with a clock ahead.
+        ahead = FakeClock()
+        ahead.now = time.time() + 1 + LEASE_GRACE_S + 0.5
+        lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=ahead)
+        try:
+            await lim.acquire("k", Limits(concurrent=10), 1)  # too small to lease
+        finally:
+            await lim.close()
+        _, inflight, _ = await _counts(redis, prefix, "k")
+        assert 2 <= inflight < LEASE_START  # the holder's own admissions, and this one
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
