@@ -8,7 +8,8 @@ docs/performance.md): confirm a gain live with bench/variants_ab.py.
     taskset -c 0 .venv/bin/python bench/inprocess.py memory [--requests 5000] [--reps 5]
 
 Variants: off (auth off), key (API key, no limits), rpm (key + requests per
-minute), memory (key + all three limits). Non-streaming chat completions on
+minute), memory (key + all three limits), redis (the same in the Redis at
+127.0.0.1:6379). Non-streaming chat completions on
 the dummy backend; the best of --reps timed loops is the figure.
 """
 
@@ -32,6 +33,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "key": {},
     "rpm": {"requests_per_minute": HUGE},
     "memory": {"requests_per_minute": HUGE, "tokens_per_minute": HUGE, "concurrent_requests": HUGE},
+    "redis": {
+        "requests_per_minute": HUGE,
+        "tokens_per_minute": HUGE,
+        "concurrent_requests": HUGE,
+        "redis_url": "redis://127.0.0.1:6379/0",
+    },
 }
 BODY = (
     b'{"model": "dummy", "max_tokens": 16, '

@@ -236,13 +236,14 @@ class Authenticator:
         self._loading: dict[bytes, asyncio.Future[Principal | None]] = {}
         self.used: set[str] = set()  # key ids seen since the last touch flush
 
-    def cached(self, token: str) -> Principal | None:
+    def cached(self, token: bytes) -> Principal | None:
         """The caller of an API key looked up less than KEY_CACHE_TTL_S ago, else None.
 
         The hot path: no coroutine, no parsing (only well-formed keys are cached).
-        The cache is keyed by a digest, so raw keys are not kept in memory.
+        The cache is keyed by a digest (BLAKE2s: a third cheaper than SHA-256 for
+        a key), so raw keys are not kept in memory.
         """
-        hit = self._cache.get(hashlib.sha256(token.encode()).digest())
+        hit = self._cache.get(hashlib.blake2s(token).digest())
         if hit is None or hit[1] <= time.monotonic() or hit[0] is None:
             return None
         principal = hit[0]
@@ -260,7 +261,7 @@ class Authenticator:
                     "nor a JWT (three dot-separated parts)"
                 )
             return self.verifier.verify(token)
-        digest = hashlib.sha256(token.encode()).digest()  # the raw key is not kept
+        digest = hashlib.blake2s(token.encode()).digest()  # the raw key is not kept
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > time.monotonic():
             principal = hit[0]
@@ -299,13 +300,20 @@ class Authenticator:
 
 
 def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The bearer token of a request, or None without an Authorization header."""
+    token = bearer_bytes(headers)
+    return token.decode("latin-1") if token is not None else None
+
+
+def bearer_bytes(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """``bearer_token`` as the header holds it."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
             token = token.strip()
             if scheme.lower() != b"bearer" or not token:
                 raise Unauthorized("Authorization header must be 'Bearer <key or token>'")
-            return token.decode("latin-1")
+            return token
     return None
 
 
@@ -354,7 +362,7 @@ class AuthMiddleware:
         authenticator = self.state.authenticator
         if authenticator is None:
             return None
-        token = bearer_token(scope["headers"])
+        token = bearer_bytes(scope["headers"])
         return authenticator.cached(token) if token is not None else None
 
     async def _principal(self, scope: Any) -> Principal:

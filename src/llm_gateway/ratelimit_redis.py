@@ -60,8 +60,10 @@ time a lease runs out before its second is over, and halves when one ends
 less than half used)."""
 LEASE_SHARE = 8
 """A lease takes at most 1/LEASE_SHARE of what is left of each limit."""
-LEASE_MIN_S = 0.05
+LEASE_MIN_S = 0.01
 """No lease is granted with less than this left of the current second."""
+NOT_GRANTED_S = 1.0
+"""After a lease was asked for and not granted (near a limit), none is asked for this long."""
 LEASE_GRACE_S = 5.0
 """Unreturned leased in-flight slots (a process that died) expire this long after the lease."""
 
@@ -79,8 +81,8 @@ _BATCH_LUA = """
 -- hash during a rolling upgrade), <base>:c the in-flight reservations (zset
 -- id -> expiry). Replies, in call order: per admission {reason, retry ms,
 -- requests, requests reset ms, tokens, tokens reset ms, slot, lease size,
--- lease ms}; per settlement or lease return 1 (applied) or 0 (settled already,
--- or expired; returned already).
+-- lease ms (-1: none, too near a limit)}; per settlement or lease return 1
+-- (applied) or 0 (settled already, or expired; returned already).
 --
 -- Leases: an admission may ask for up to <lease> more admissions in advance,
 -- for its process to hand out without asking again. They are granted only far
@@ -334,6 +336,7 @@ local function acquire(st, id, rpm, tpm, conc, est, want)
   end
   local granted, lease_ms = 0, 0
   if reason == 0 and want > 0 and slot + 1 - now >= LEASE_MIN_S then
+    lease_ms = -1  -- unless granted below: too near a limit
     local n = want
     if rpm >= 0 then n = math.min(n, math.floor((rpm - nreq) / LEASE_SHARE)) end
     if tpm >= 0 and est > 0 then
@@ -551,7 +554,8 @@ class RedisLimiter:
         self._ids = itertools.count(1)
         self._leases: dict[str, _Lease] = {}  # the newest lease of each key
         self._open: set[_Lease] = set()  # every lease not returned yet
-        self._asking: set[str] = set()  # keys with a lease asked for, on the wire
+        self._asking: dict[str, asyncio.Future[None]] = {}  # a lease asked for, on the wire
+        self._not_granted: dict[str, float] = {}  # no lease asked for until then
         self._lease_sizes: dict[str, int] = {}
         self._healthy = True
         self._down_until = -math.inf
@@ -566,6 +570,14 @@ class RedisLimiter:
         decision = self.acquire_now(key, limits, estimated_tokens)
         if decision is not None:
             return decision
+        asking = self._asking.get(key)
+        if asking is not None:
+            # A lease for this key is on its way: wait for it rather than ask too
+            # (under load, every request that arrives meanwhile would).
+            await asyncio.shield(asking)
+            decision = self.acquire_now(key, limits, estimated_tokens)
+            if decision is not None:
+                return decision
         estimate = max(0, estimated_tokens)
         lease = self._leases.get(key)
         if time.monotonic() < self._down_until:
@@ -594,9 +606,13 @@ class RedisLimiter:
             raise
         finally:
             if want:
-                self._asking.discard(key)
+                self._asking.pop(key).set_result(None)
         if raw[7]:
             self._open_lease(key, rid, limits, estimate, raw, asked_at)
+        elif raw[8] < 0:  # admitted, but too near a limit for a lease
+            if len(self._not_granted) >= 100_000:
+                self._not_granted.clear()
+            self._not_granted[key] = time.monotonic() + NOT_GRANTED_S
         return self._decision(key, rid, limits, estimate, raw)
 
     def acquire_now(self, key: str, limits: Limits, estimated_tokens: int) -> Decision | None:
@@ -617,7 +633,12 @@ class RedisLimiter:
         for this key is on its way already, or its limits are too small for one)."""
         if key in self._asking or not _leasable(limits):
             return 0
-        self._asking.add(key)
+        not_granted = self._not_granted.get(key)
+        if not_granted is not None:
+            if time.monotonic() < not_granted:
+                return 0
+            del self._not_granted[key]
+        self._asking[key] = asyncio.get_running_loop().create_future()
         if lease is not None and lease.next > lease.size:  # ran out within its second
             return min(2 * lease.size, LEASE_MAX)
         return self._lease_sizes.get(key, LEASE_START)
