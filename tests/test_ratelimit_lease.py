@@ -107,6 +107,20 @@ async def test_a_lease_hands_out_admissions_and_gives_back_the_rest(
         await lim.close()
 
 
+async def test_requests_arriving_while_a_lease_is_asked_for_wait_for_it(
+    redis: Redis, prefix: str
+) -> None:
+    lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=FakeClock())
+    try:
+        decisions = await asyncio.gather(*(lim.acquire("k", BIG, 10) for _ in range(20)))
+        assert all(d.allowed for d in decisions)
+        assert sum(_reservation(d).lease is None for d in decisions) == 1  # one asked Redis
+        assert (await _counts(redis, prefix, "k"))[:2] == (1 + LEASE_START, 1 + LEASE_START)
+    finally:
+        await lim.close()
+    assert (await _counts(redis, prefix, "k"))[:2] == (20, 20)
+
+
 async def test_leased_headers_count_down_as_asked_ones_do(prefix: str) -> None:
     lim = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix, clock=FakeClock())
     limits = Limits(requests_per_minute=1_000, tokens_per_minute=1_000_000)

@@ -73,6 +73,12 @@ DOWN_BACKOFF_S = 1.0
 """After a Redis failure, calls within this long answer as unreachable at once."""
 
 Clock = Callable[[], float]
+_LIMIT_TOKENS = b"x-ratelimit-limit-tokens"
+_REMAINING_TOKENS = b"x-ratelimit-remaining-tokens"
+_RESET_TOKENS = b"x-ratelimit-reset-tokens"
+_LIMIT_REQUESTS = b"x-ratelimit-limit-requests"
+_REMAINING_REQUESTS = b"x-ratelimit-remaining-requests"
+_RESET_REQUESTS = b"x-ratelimit-reset-requests"
 _REASONS: tuple[str | None, ...] = (None, "requests", "tokens", "concurrency")
 
 
@@ -85,14 +91,18 @@ class Limits:
     concurrent: int | None = None
     empty: bool = field(init=False, repr=False, compare=False)
     """True when no limit is set at all."""
+    limit_headers: tuple[tuple[bytes, bytes], tuple[bytes, bytes]] = field(
+        init=False, repr=False, compare=False
+    )
+    """The x-ratelimit-limit-tokens and -requests headers (encoded once; unused
+    for a limit that is not set)."""
 
     def __post_init__(self) -> None:
-        empty = (
-            self.requests_per_minute is None
-            and self.tokens_per_minute is None
-            and self.concurrent is None
-        )
+        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
+        empty = rpm is None and tpm is None and self.concurrent is None
         object.__setattr__(self, "empty", empty)
+        headers = ((_LIMIT_TOKENS, b"%d" % (tpm or 0)), (_LIMIT_REQUESTS, b"%d" % (rpm or 0)))
+        object.__setattr__(self, "limit_headers", headers)
 
     def as_json(self) -> dict[str, int | None]:
         """The limits as the API, the store and JWT claims name them."""
@@ -234,6 +244,7 @@ def _duration_bytes(ms: int) -> bytes:
 
 RawHeaders = list[tuple[bytes, bytes]]
 """Response headers as ASGI sends them: lower-case names and values, in bytes."""
+_ceil = math.ceil
 
 
 def rate_headers(
@@ -251,20 +262,28 @@ def rate_headers(
     """
     rpm = limits.requests_per_minute
     tpm = limits.tokens_per_minute
-    headers: RawHeaders = []
-    if tpm is not None:
-        headers += (
-            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
-            (b"x-ratelimit-remaining-tokens", b"%d" % (tpm - tokens if tokens < tpm else 0)),
-            (b"x-ratelimit-reset-tokens", _duration_bytes(_ms(tokens_reset_s))),
-        )
     if rpm is not None:
-        headers += (
-            (b"x-ratelimit-limit-requests", b"%d" % rpm),
-            (b"x-ratelimit-remaining-requests", b"%d" % (rpm - requests if requests < rpm else 0)),
-            (b"x-ratelimit-reset-requests", _duration_bytes(_ms(requests_reset_s))),
-        )
-    return headers
+        limit_tokens, limit_requests = limits.limit_headers
+        requests_headers = [
+            limit_requests,
+            (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0)),
+            (_RESET_REQUESTS, _duration_bytes(_ceil(requests_reset_s * 1000 - 1e-6))),
+        ]
+        if tpm is None:
+            return requests_headers
+        return [
+            limit_tokens,
+            (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0)),
+            (_RESET_TOKENS, _duration_bytes(_ceil(tokens_reset_s * 1000 - 1e-6))),
+            *requests_headers,
+        ]
+    if tpm is None:
+        return []
+    return [
+        limits.limit_headers[0],
+        (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0)),
+        (_RESET_TOKENS, _duration_bytes(_ceil(tokens_reset_s * 1000 - 1e-6))),
+    ]
 
 
 def _unlimited(key: str) -> Decision:
@@ -280,33 +299,49 @@ class _KeyState:
     """One key's usage in the memory backend.
 
     Dicts keep insertion order, and with a monotonic clock insertion order is
-    time order: pruning pops from the front.
+    time order: pruning pops from the front. ``low`` is the oldest token
+    bucket's slot (meaningless while there is none), so that the common case,
+    nothing to prune, reads one integer. ``inflight`` maps reservation numbers
+    to their expiry; expired ones matter only to a concurrency limit that looks
+    full, and are pruned then (and by the sweep).
     """
 
     requests: deque[float] = field(default_factory=deque)
     buckets: dict[int, int] = field(default_factory=dict)
+    low: int = 0
     tokens: int = 0
-    inflight: dict[str, float] = field(default_factory=dict)
+    inflight: dict[int, float] = field(default_factory=dict)
 
     def prune(self, now: float) -> None:
         """Forget requests, buckets and reservations that left the window."""
+        self.prune_usage(now)
+        self.prune_inflight(now)
+
+    def prune_usage(self, now: float) -> None:
+        """Forget the requests and token buckets that left the window."""
         requests = self.requests
         horizon = now - WINDOW_S
         while requests and requests[0] <= horizon:
             requests.popleft()
         buckets = self.buckets
         first = math.floor(now) - WINDOW_S
-        while buckets:
-            slot = next(iter(buckets))
-            if slot >= first:
-                break
-            self.tokens -= buckets.pop(slot)
+        if buckets and self.low < first:
+            while buckets:
+                slot = next(iter(buckets))
+                if slot >= first:
+                    self.low = slot
+                    break
+                self.tokens -= buckets.pop(slot)
+
+    def prune_inflight(self, now: float) -> int:
+        """Forget the reservations that expired unsettled; how many are left."""
         inflight = self.inflight
         while inflight:
-            rid, expiry = next(iter(inflight.items()))
+            number, expiry = next(iter(inflight.items()))
             if expiry > now:
                 break
-            del inflight[rid]
+            del inflight[number]
+        return len(inflight)
 
     @property
     def idle(self) -> bool:
@@ -332,27 +367,17 @@ class _KeyState:
                 return slot + WINDOW_S + 1 - now
         return float(WINDOW_S + 1)
 
-    def admit(self, key: str, rid: str, limits: Limits, estimate: int, now: float) -> Reservation:
-        """Count a request, reserve its tokens and take a concurrency slot."""
-        if limits.requests_per_minute is not None:
-            self.requests.append(now)
-        slot = math.floor(now)
-        tokens: int | None = None
-        if limits.tokens_per_minute is not None:
-            self.buckets[slot] = self.buckets.get(slot, 0) + estimate
-            self.tokens += estimate
-            tokens = estimate
-        self.inflight[rid] = now + INFLIGHT_TTL_S
-        return Reservation(key, rid, slot, tokens)
-
 
 class MemoryLimiter:
-    """A ``RateLimiter`` for one process. Safe under asyncio: nothing awaits."""
+    """A ``RateLimiter`` for one process. Safe under asyncio: nothing awaits.
+
+    A reservation's ``id`` is always "m" here; ``index`` numbers it.
+    """
 
     def __init__(self, *, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._keys: dict[str, _KeyState] = {}
-        self._ids = itertools.count(1)
+        self._numbers = itertools.count(1)
         self._next_sweep = clock() + WINDOW_S
 
     async def acquire(self, key: str, limits: Limits, estimated_tokens: int) -> Decision:
@@ -370,28 +395,46 @@ class MemoryLimiter:
         if state is None:
             state = self._keys[key] = _KeyState()
         else:
-            state.prune(now)
+            state.prune_usage(now)
         estimate = estimated_tokens if estimated_tokens > 0 else 0
         requests = state.requests
         requests_before = len(requests)
+        buckets = state.buckets
         rpm, tpm, conc = limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent
+        inflight = state.inflight
         if (
             (rpm is None or requests_before < rpm)
             and (tpm is None or state.tokens + estimate <= tpm)
-            and (conc is None or len(state.inflight) < conc)
+            and (conc is None or len(inflight) < conc or state.prune_inflight(now) < conc)
         ):
-            reason, retry = None, 0.0
-            reservation: Reservation | None = state.admit(
-                key, str(next(self._ids)), limits, estimate, now
+            # Admitted: count the request, reserve its tokens, take a concurrency slot.
+            slot = math.floor(now)
+            tokens: int | None = None
+            if rpm is not None:
+                requests.append(now)
+            if tpm is not None:
+                if not buckets:
+                    state.low = slot
+                buckets[slot] = buckets.get(slot, 0) + estimate
+                state.tokens += estimate
+                tokens = estimate
+            number = next(self._numbers)
+            inflight[number] = now + INFLIGHT_TTL_S
+            decision = Decision(
+                True, None, 0.0, [], Reservation(key, "m", slot, tokens, None, number)
             )
         else:
             reason, retry = self._check(state, limits, estimate, now)
-            reservation = None
-        requests_reset = requests[0] + WINDOW_S - now if requests_before else WINDOW_S
-        buckets = state.buckets
-        tokens_reset = next(iter(buckets)) + WINDOW_S + 1 - now if buckets else 0.0
-        headers = rate_headers(limits, len(requests), requests_reset, state.tokens, tokens_reset)
-        return Decision(reason is None, reason, retry, headers, reservation)
+            decision = Decision(False, reason, retry, [], None)
+        if rpm is not None or tpm is not None:
+            decision.raw_headers = rate_headers(
+                limits,
+                len(requests),
+                requests[0] + WINDOW_S - now if requests_before else WINDOW_S,
+                state.tokens,
+                state.low + WINDOW_S + 1 - now if buckets else 0.0,
+            )
+        return decision
 
     @staticmethod
     def _check(
@@ -409,7 +452,7 @@ class MemoryLimiter:
             reason = reason or "tokens"
             retry = max(retry, state.tokens_retry(tpm, estimate, now))
         conc = limits.concurrent
-        if conc is not None and len(state.inflight) >= conc:
+        if conc is not None and state.prune_inflight(now) >= conc:
             reason = reason or "concurrency"
             retry = max(retry, 1.0)
         return reason, retry
@@ -434,7 +477,7 @@ class MemoryLimiter:
         if not reservation.id:
             return
         state = self._keys.get(reservation.key)
-        if state is None or state.inflight.pop(reservation.id, None) is None:
+        if state is None or state.inflight.pop(reservation.index, None) is None:
             return  # settled already, or expired
         if reservation.tokens is not None and reservation.slot in state.buckets:
             delta = max(0, actual_tokens) - reservation.tokens
