@@ -132,7 +132,7 @@ def gateway(name: str, extra: dict[str, str], tmp: Path, model: bool) -> Iterato
         log.close()
 
 
-def wrk(base: str, script: Path, connections: int, seconds: int, pin: bool) -> dict[str, float]:
+def wrk_cmd(base: str, script: Path, connections: int, seconds: int, pin: bool) -> list[str]:
     cmd = [
         "wrk",
         "-t1",
@@ -143,12 +143,47 @@ def wrk(base: str, script: Path, connections: int, seconds: int, pin: bool) -> d
         str(script),
         f"{base}/v1/chat/completions",
     ]
-    if pin:
-        cmd = ["taskset", "-c", "1", *cmd]
+    return ["taskset", "-c", "1", *cmd] if pin else cmd
+
+
+def wrk(base: str, script: Path, connections: int, seconds: int, pin: bool) -> dict[str, float]:
     pid = PIDS[base]
     cpu0 = cpu_seconds(pid)
+    cmd = wrk_cmd(base, script, connections, seconds, pin)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(pid) - cpu0
+    return parse_wrk(out, cpu_seconds(pid) - cpu0)
+
+
+def wrk_together(
+    bases: dict[str, str], script: Path, connections: int, seconds: int
+) -> tuple[dict[str, dict[str, float]], float]:
+    """One load run on every gateway at the same time: the gateways share CPU 0
+    evenly, so each one's throughput is its share over its CPU per request, and
+    a moment when the machine runs slow slows them all alike. Also returns how
+    busy CPU 0 was (the gateways' CPU over wall time: near 1 when they, not the
+    load generators, set the pace)."""
+    cpu0 = {name: cpu_seconds(PIDS[base]) for name, base in bases.items()}
+    start = time.monotonic()
+    procs = {
+        name: subprocess.Popen(
+            wrk_cmd(base, script, connections, seconds, pin=True),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name, base in bases.items()
+    }
+    outs = {name: proc.communicate()[0] for name, proc in procs.items()}
+    wall = time.monotonic() - start
+    cpu = {name: cpu_seconds(PIDS[base]) - cpu0[name] for name, base in bases.items()}
+    for name, proc in procs.items():
+        if proc.returncode:
+            raise RuntimeError(f"wrk failed on {name}: {outs[name]}")
+    loads = {name: parse_wrk(outs[name], cpu[name]) for name in bases}
+    return loads, sum(cpu.values()) / wall
+
+
+def parse_wrk(out: str, cpu: float) -> dict[str, float]:
+    """wrk's report, with the gateway's CPU seconds over the run per request."""
     done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
@@ -169,11 +204,18 @@ def measure(
     results: dict[str, dict[str, list[float]]] = {v: {f: [] for f in fields} for v in bases}
     names = list(bases)
     conns = 4 if model else 16
+    together = not model and not args.apart
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        loads = {}
+        loads: dict[str, dict[str, float]] = {}
+        if together:
+            loads, busy = wrk_together(bases, script, conns, args.seconds)
+            if busy < 0.9:
+                print(f"  WARNING: CPU 0 only {busy:.0%} busy: the load generators set the pace")
         for name in order:
-            loads[name] = load = wrk(bases[name], script, conns, args.seconds, pin=not model)
+            if not together:
+                loads[name] = wrk(bases[name], script, conns, args.seconds, pin=not model)
+            load = loads[name]
             backlog, dropped = usage_backlog(bases[name], {"Authorization": f"Bearer {KEY}"})
             results[name]["backlog"].append(backlog)
             results[name]["dropped"].append(dropped)
@@ -278,6 +320,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--model", action="store_true", help="also measure on the built-in model")
     p.add_argument("--redis-url", help="use this Redis instead of starting one on CPU 1")
+    p.add_argument(
+        "--apart",
+        action="store_true",
+        help="load the gateways one after the other, not at the same time (dummy backend)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "auth.json")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:

@@ -2,10 +2,13 @@
 
 Each variant is one gateway on the dummy backend (pinned to CPU 0, wrk -c16
 on CPU 1, as in auth_bench.py), started from a source tree of its own (a git
-worktree, to compare commits) and with settings of its own. Rounds rotate
-the order; the medians of req/s and of the gateway's CPU time per request
-(from /proc) are printed. The machine is noisy: differences under ~1.5 us a
-request need more rounds, or the in-process driver (bench/inprocess.py).
+worktree, to compare commits) and with settings of its own. In each round
+all variants are loaded at the same time, sharing CPU 0 (--apart: one after
+the other, the order rotating); the medians of req/s, of the ratio to the
+first variant's req/s in the same round, and of the gateway's CPU time per
+request (from /proc) are printed. The machine is noisy: differences under
+~1.5 us a request need more rounds, or the in-process driver
+(bench/inprocess.py).
 
     git worktree add /tmp/base HEAD~1
     .venv/bin/python bench/variants_ab.py --rounds 8 \\
@@ -56,6 +59,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("variants", nargs="+", help="NAME=[SRC]:[SETTINGS]")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=int, default=3)
+    p.add_argument("--apart", action="store_true", help="load the variants one after the other")
     args = p.parse_args(argv)
     specs = [parse(v) for v in args.variants]
     with tempfile.TemporaryDirectory(prefix="variants-") as tmp, ExitStack() as stack:
@@ -79,15 +83,25 @@ def main(argv: list[str]) -> int:
         rps: dict[str, list[float]] = {n: [] for n in bases}
         cpu: dict[str, list[float]] = {n: [] for n in bases}
         names = list(bases)
+        ratio: dict[str, list[float]] = {n: [] for n in bases}
         for r in range(args.rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                m = ab.wrk(bases[name], script, 16, args.seconds, True)
+            if args.apart:
+                loads: dict[str, dict[str, float]] = {}
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    loads[name] = ab.wrk(bases[name], script, 16, args.seconds, True)
+            else:
+                loads, busy = ab.wrk_together(bases, script, 16, args.seconds)
+                if busy < 0.9:
+                    print(f"  WARNING: CPU 0 only {busy:.0%} busy")
+            for name, m in loads.items():
                 rps[name].append(m["rps"])
                 cpu[name].append(m["cpu_us"])
+                ratio[name].append(m["rps"] / loads[names[0]]["rps"])
             print("  " + "  ".join(f"{n} {cpu[n][-1]:.1f} us" for n in names), flush=True)
         for n in names:
             print(
                 f"{n:12} {statistics.median(rps[n]):9.0f} req/s   "
+                f"{statistics.median(ratio[n]):.3f} of {names[0]}   "
                 f"{statistics.median(cpu[n]):6.1f} us CPU/req (min {min(cpu[n]):.1f})"
             )
     return 0
