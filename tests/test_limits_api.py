@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 from starlette.testclient import TestClient
 
 from llm_gateway import Settings, create_app
@@ -130,10 +131,13 @@ def test_tokens_per_minute_are_settled_with_real_usage(tmp_path: Path) -> None:
         )
 
 
-def test_three_gateways_sharing_redis_admit_exactly_n(tmp_path: Path) -> None:
-    n = 10
+@pytest.mark.parametrize("n", [10, 200], ids=["asked-one-by-one", "leased"])
+def test_three_gateways_sharing_redis_admit_exactly_n(tmp_path: Path, n: int) -> None:
+    """10 a minute is too few to lease: every admission asks Redis. 200 is leased
+    (up to an eighth of what is left at a time) until the last 64 or so."""
     # A key id of its own keeps this run's Redis counters apart from any other run.
-    admin = f"llmgw-t{secrets.token_hex(5)}-{secrets.token_urlsafe(16)}"
+    key_id = f"t{secrets.token_hex(5)}"
+    admin = f"llmgw-{key_id}-{secrets.token_urlsafe(16)}"
     env = {
         **os.environ,
         "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -165,6 +169,13 @@ def test_three_gateways_sharing_redis_admit_exactly_n(tmp_path: Path) -> None:
         for proc, _ in gateways:
             proc.terminate()
             proc.wait(timeout=10)
+    # Each lease returned leaves a marker for a while: were admissions leased?
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        returned = list(redis.scan_iter(match=f"llmgw:rl:{{{key_id}}}:l:*", count=1000))
+    finally:
+        redis.close()
+    assert bool(returned) == (n >= 64)
 
 
 def test_unreachable_redis_fails_closed_when_asked(tmp_path: Path) -> None:
