@@ -283,3 +283,16 @@ def test_a_fallback_is_admitted_against_its_own_limits(tmp_path: Path) -> None:
             second = c.post("/v1/chat/completions", json=ask)
             assert second.status_code in (502, 503)
             assert len(cue.requests) == 1
+
+
+def test_a_fallback_that_fails_too_gives_its_admission_back(tmp_path: Path) -> None:
+    dead, also_dead = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
+    models = _falling_back(dead, also_dead, retries=0, limits={"concurrent_requests": 1})
+    with gateway(tmp_path, models) as c:
+        assert c.post("/v1/chat/completions", json={"model": "primary", **CHAT}).status_code in (
+            502,
+            503,
+        )
+        # The backup's one concurrent slot is free again: its own failure, not a 429.
+        again = c.post("/v1/chat/completions", json={"model": "backup", **CHAT})
+        assert again.status_code in (502, 503), again.text

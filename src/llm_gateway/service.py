@@ -39,7 +39,7 @@ class Generation:
         entry: ModelEntry,
         first: Chunk,
         rest: AsyncIterator[Chunk],
-        admission: Admission | None = None,
+        admission: Admitted | None = None,
         record: UsageRecord | None = None,
     ) -> None:
         self.entry = entry
@@ -48,7 +48,7 @@ class Generation:
         self._admission = admission
         self._record = record
         self.usage: Usage | None = first.usage
-        self.headers: RawHeaders = admission.headers if admission is not None else []
+        self.headers: RawHeaders = admission[1].raw_headers if admission is not None else []
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._iterate()
@@ -77,7 +77,7 @@ class Generation:
         finally:
             admission, self._admission = self._admission, None
             if admission is not None:
-                admission.settle(self.usage.total_tokens if self.usage is not None else None)
+                _settle(admission, self.usage.total_tokens if self.usage is not None else None)
             if self._record is not None and self.usage is not None:
                 self._record.prompt_tokens = self.usage.prompt_tokens
                 self._record.completion_tokens = self.usage.completion_tokens
@@ -114,25 +114,23 @@ class _NothingMore:
 _NOTHING_MORE = _NothingMore()
 
 
-class Admission:
-    """A rate-limit reservation held by one request until it is settled."""
+Admitted = tuple[RateLimiter, Decision]
+"""A rate-limit admission held by one request until ``_settle()``: the limiter that
+admitted it and its decision."""
 
-    def __init__(self, limiter: RateLimiter, decision: Decision, estimate: int) -> None:
-        self._limiter = limiter
-        self._reservation = decision.reservation
-        self._estimate = estimate
-        self.headers = decision.raw_headers
 
-    def settle(self, used_tokens: int | None) -> None:
-        """Real usage replaces the estimate (the estimate stays when usage is unknown).
+def _settle(admission: Admitted, used_tokens: int | None) -> None:
+    """Real usage replaces the estimate (the estimate stays when usage is unknown).
 
-        Never awaited: the limiter applies it at once or in the background, so
-        neither the response nor a cancellation can hold it up.
-        """
-        if self._reservation is not None:
-            reservation, self._reservation = self._reservation, None
-            tokens = self._estimate if used_tokens is None else used_tokens
-            self._limiter.settle_soon(reservation, tokens)
+    Never awaited: the limiter applies it at once or in the background, so
+    neither the response nor a cancellation can hold it up. Settling twice is
+    harmless (the limiters ignore a reservation settled already).
+    """
+    limiter, decision = admission
+    reservation = decision.reservation
+    if reservation is not None:
+        tokens = (reservation.tokens or 0) if used_tokens is None else used_tokens
+        limiter.settle_soon(reservation, tokens)
 
 
 class InferenceService:
@@ -160,15 +158,14 @@ class InferenceService:
             record.model = entry.name
             record.backend = entry.spec.backend
         _check_model_allowed(principal, entry, request.model)
-        admission = await self._admit(request, principal, entry)
+        held = [await self._admit(request, principal, entry)]
         try:
-            entry, stream, first, admission = await self._first_chunk(
-                entry, request, principal, record, admission
-            )
+            entry, stream, first = await self._first_chunk(entry, request, principal, record, held)
         except BaseException:
-            if admission is not None:
-                admission.settle(0)  # nothing was generated
+            if held[0] is not None:
+                _settle(held[0], 0)  # nothing was generated
             raise
+        admission = held[0]
         if record is not None:
             record.first_token = time.perf_counter()
         return Generation(entry, first, stream, admission, record)
@@ -179,16 +176,17 @@ class InferenceService:
         request: GenerationRequest,
         principal: Principal,
         record: UsageRecord | None,
-        admission: Admission | None,
-    ) -> tuple[ModelEntry, AsyncIterator[Chunk], Chunk, Admission | None]:
+        held: list[Admitted | None],
+    ) -> tuple[ModelEntry, AsyncIterator[Chunk], Chunk]:
         """Start the stream and take its first chunk; when that fails with an
         upstream error, try the model's fallbacks in turn.
 
         A fallback is admitted against its own limits (a caller may not get
         past a model's limits by asking for another model that falls back to
         it); one whose limits refuse is skipped. The model that answers holds
-        the admission that is settled with the real usage; the ones that failed
-        are settled with none.
+        the admission that is settled with the real usage (``held[0]``, which the
+        caller settles with none if this fails); the ones that failed are
+        settled with none.
         """
         chain = [entry]
         for name in entry.spec.fallbacks:
@@ -202,9 +200,9 @@ class InferenceService:
                     admitted = await self._admit(request, principal, current)
                 except Overloaded:
                     continue  # the fallback's own limits refuse: try the next one
-                if admission is not None:
-                    admission.settle(0)
-                admission = admitted
+                if held[0] is not None:
+                    _settle(held[0], 0)
+                held[0] = admitted
             if record is not None:  # usage is billed to the model that answers
                 record.model = current.name
                 record.backend = current.spec.backend
@@ -216,7 +214,7 @@ class InferenceService:
                     failure = exc
                     continue
                 raise
-            return current, stream, first, admission
+            return current, stream, first
         assert failure is not None  # every fallback refused by its limits
         raise failure
 
@@ -239,7 +237,7 @@ class InferenceService:
 
     async def _admit(
         self, request: GenerationRequest, principal: Principal, entry: ModelEntry
-    ) -> Admission | None:
+    ) -> Admitted | None:
         key, limits = self.limits_for(principal, entry)
         if self.limiter is None or limits.empty:
             return None
@@ -250,7 +248,7 @@ class InferenceService:
             decision = await limiter.acquire(key, limits, estimate)
         if not decision.allowed:
             raise _refusal(decision)
-        return Admission(self.limiter, decision, estimate)
+        return limiter, decision
 
 
 async def _start(
