@@ -311,7 +311,7 @@ def bearer_bytes(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
             token = token.strip()
-            if scheme.lower() != b"bearer" or not token:
+            if (scheme != b"Bearer" and scheme.lower() != b"bearer") or not token:
                 raise Unauthorized("Authorization header must be 'Bearer <key or token>'")
             return token
     return None

@@ -25,6 +25,7 @@ methods overridden here match the version they were written against.
 from __future__ import annotations
 
 import asyncio
+import operator
 import urllib.parse
 from typing import Any
 
@@ -39,7 +40,8 @@ from uvicorn.protocols.http.httptools_impl import (
 
 HOLD_MAX = 1 << 16
 """Body bytes held for the end of the loop's turn beyond this are written at once."""
-_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_NAME = operator.itemgetter(0)
+_VALUE = operator.itemgetter(1)
 # The bytes uvicorn's HEADER_RE and HEADER_VALUE_RE refuse, as translate() tables:
 # deleting every allowed byte leaves the refused ones (a C loop; the regular
 # expressions cost 1.8 us a response, this 0.5).
@@ -85,25 +87,30 @@ class GatewayCycle(RequestResponseCycle):
 
     def _head(self, status: int, app_headers: Any) -> bytes:
         headers = [*self.default_headers, *app_headers]
-        names = b"".join([n for n, _ in headers])
-        if names.translate(None, _NAME_OK):
+        names = list(map(_NAME, headers))  # C loops, not Python ones: ~10 headers a response
+        joined = b"".join(names)
+        if joined.translate(None, _NAME_OK):
             raise RuntimeError("Invalid HTTP header name.")
-        if b"\t".join([v for _, v in headers]).translate(None, _VALUE_OK):
+        if b"\t".join(map(_VALUE, headers)).translate(None, _VALUE_OK):
             raise RuntimeError("Invalid HTTP header value.")
-        if not names.islower():  # ASGI asks for lower-case names; uvicorn lowers them
+        if not joined.islower():  # ASGI asks for lower-case names; uvicorn lowers them
             headers = [(n.lower(), v) for n, v in headers]
+            names = list(map(_NAME, headers))
+        # uvicorn's framing rules, for the three names that carry them: the first
+        # content-length counts, unless a transfer-encoding says chunked.
+        if b"content-length" in names and self.chunked_encoding is None:
+            self.expected_content_length = int(headers[names.index(b"content-length")][1])
+            self.chunked_encoding = False
         has_connection_close = False
-        for name, value in headers:
-            if name in _SPECIAL:
-                if name == b"content-length":
-                    if self.chunked_encoding is None:
-                        self.expected_content_length = int(value.decode())
-                        self.chunked_encoding = False
-                elif name == b"transfer-encoding":
+        if b"transfer-encoding" in names or b"connection" in names:
+            for name, value in headers:
+                if name == b"transfer-encoding":
                     if value.lower() == b"chunked":
                         self.expected_content_length = 0
                         self.chunked_encoding = True
-                elif b"close" in [t.lower().strip() for t in value.split(b",")]:
+                elif name == b"connection" and b"close" in [
+                    t.lower().strip() for t in value.split(b",")
+                ]:
                     self.keep_alive = False
                     has_connection_close = True
         content = [STATUS_LINE[status]]

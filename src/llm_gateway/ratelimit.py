@@ -264,18 +264,19 @@ def rate_headers(
     tpm = limits.tokens_per_minute
     if rpm is not None:
         limit_tokens, limit_requests = limits.limit_headers
-        requests_headers = [
-            limit_requests,
-            (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0)),
-            (_RESET_REQUESTS, _duration_bytes(_ceil(requests_reset_s * 1000 - 1e-6))),
-        ]
         if tpm is None:
-            return requests_headers
+            return [
+                limit_requests,
+                (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0)),
+                (_RESET_REQUESTS, _duration_bytes(_ceil(requests_reset_s * 1000 - 1e-6))),
+            ]
         return [
             limit_tokens,
             (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0)),
             (_RESET_TOKENS, _duration_bytes(_ceil(tokens_reset_s * 1000 - 1e-6))),
-            *requests_headers,
+            limit_requests,
+            (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0)),
+            (_RESET_REQUESTS, _duration_bytes(_ceil(requests_reset_s * 1000 - 1e-6))),
         ]
     if tpm is None:
         return []
