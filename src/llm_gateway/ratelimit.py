@@ -395,12 +395,14 @@ class MemoryLimiter:
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _KeyState()
-        else:
+        requests = state.requests
+        buckets = state.buckets
+        if (requests and requests[0] <= now - WINDOW_S) or (
+            buckets and state.low + WINDOW_S + 1 <= now  # i.e. low < floor(now) - WINDOW_S
+        ):
             state.prune_usage(now)
         estimate = estimated_tokens if estimated_tokens > 0 else 0
-        requests = state.requests
         requests_before = len(requests)
-        buckets = state.buckets
         rpm, tpm, conc = limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent
         inflight = state.inflight
         if (
