@@ -103,6 +103,29 @@ def test_created_key_works_once_shown_and_revocation_takes_effect(app_client: Te
     assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
 
 
+def test_a_key_in_constant_use_is_refused_within_a_second_of_revocation(
+    app_client: TestClient,
+) -> None:
+    """Its cache entry is read again in the background before it expires: that
+    must not keep a revoked key alive."""
+    created = new_key(app_client, owner="bob")
+    key = bearer(str(created["key"]))
+    start = time.monotonic()
+    revoked_at: float | None = None
+    while time.monotonic() - start < 5:
+        r = app_client.post("/v1/chat/completions", headers=key, json=CHAT)
+        if r.status_code == 401:
+            break
+        assert r.status_code == 200
+        if revoked_at is None and time.monotonic() - start > 0.6:
+            revoke = app_client.delete(f"/api/keys/{created['id']}", headers=bearer(ADMIN_KEY))
+            assert revoke.status_code == 200
+            revoked_at = time.monotonic()
+        time.sleep(0.02)
+    assert revoked_at is not None and r.status_code == 401
+    assert time.monotonic() - revoked_at <= KEY_CACHE_TTL_S + 0.2
+
+
 def test_user_keys_see_only_their_own_and_cannot_administer(app_client: TestClient) -> None:
     alice = str(new_key(app_client, owner="alice")["key"])
     bob = new_key(app_client, owner="bob")

@@ -8,7 +8,8 @@ the token alone, so `alg: none` and HS256-signed-with-the-public-key tokens
 are refused.
 
 Key lookups are cached in process for KEY_CACHE_TTL_S, which bounds how long a
-revoked key keeps working on any replica.
+revoked key keeps working on any replica; a key in use is read again in the
+background shortly before its entry expires.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 ALLOWLIST = frozenset({"/", "/health", "/ready", "/live"})
 KEY_CACHE_TTL_S = 1.0
+KEY_REFRESH_AHEAD_S = 0.25
+"""A key in use is read again in the background this long before its cache entry
+expires, so that its requests do not all wait for the store once a second."""
 _KEY_CACHE_MAX = 10_000
 _ASYMMETRIC = ("RS256", "ES256")
 
@@ -243,13 +247,33 @@ class Authenticator:
         The cache is keyed by a digest (BLAKE2s: a third cheaper than SHA-256 for
         a key), so raw keys are not kept in memory.
         """
-        hit = self._cache.get(hashlib.blake2s(token).digest())
-        if hit is None or hit[1] <= time.monotonic() or hit[0] is None:
+        digest = hashlib.blake2s(token).digest()
+        hit = self._cache.get(digest)
+        if hit is None:
             return None
-        principal = hit[0]
+        principal, expiry = hit
+        left = expiry - time.monotonic()
+        if left <= 0 or principal is None:
+            return None
+        if left < KEY_REFRESH_AHEAD_S and digest not in self._loading:
+            self._refresh(digest, token.decode("latin-1"))
         if principal.key_id is not None:  # always: only keys are cached
             self.used.add(principal.key_id)
         return principal
+
+    def _refresh(self, digest: bytes, token: str) -> None:
+        """Read a key again in the background before its cache entry expires."""
+        task = asyncio.ensure_future(self._load(digest, token))
+        self._loading[digest] = task
+
+        def done(task: asyncio.Future[Principal | None]) -> None:
+            self._loading.pop(digest, None)
+            if not task.cancelled() and task.exception() is not None:
+                # The entry expires as it would have; the next request reads the
+                # key itself and answers the failure in the caller's protocol.
+                log.debug("could not refresh a cached key: %r", task.exception())
+
+        task.add_done_callback(done)
 
     async def authenticate(self, token: str) -> Principal:
         if parse_key(token) is None:
