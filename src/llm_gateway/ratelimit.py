@@ -26,7 +26,8 @@ again (for concurrency, which frees on another request's settle, at least 1 s).
 The response headers follow OpenAI's ``x-ratelimit-{limit,remaining,reset}-
 {requests,tokens}``; "reset" is the time until the oldest counted use leaves the
 window (when capacity next grows), formatted like OpenAI's ("20ms", "1.5s",
-"6m0s").
+"6m0s") and rounded up: to the millisecond under 1 s, to 10 ms under 10 s,
+to 0.1 s beyond.
 
 Two interchangeable backends implement ``RateLimiter``:
 
@@ -51,7 +52,6 @@ Two interchangeable backends implement ``RateLimiter``:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -234,17 +234,34 @@ def _format_ms(ms: int) -> str:
     return f"{minutes // 60}h{minutes % 60}m{text}"
 
 
-@functools.lru_cache(maxsize=4096)
-def _duration_bytes(ms: int) -> bytes:
-    """A reset header's value. Under steady traffic the resets fall within the last
-    second of the window, so a few thousand entries hit; the window's 62,000 held
-    10 MB after a first minute of load."""
-    return _format_ms(ms).encode()
+_ceil = math.ceil
+_RESETS: dict[int, bytes] = {}
+_RESETS_MAX = 10_000
+
+
+def _reset_bytes(seconds: float) -> bytes:
+    """A reset header's value, rounded up (waiting that long is enough): to the
+    millisecond under 1 s, to 10 ms under 10 s, to 0.1 s beyond.
+
+    Encoded once per value: a window holds about 2,400 such values, where to
+    the millisecond it held 61,000, and a key's first minute of traffic (its
+    oldest request moving every millisecond) missed a cache of 4,096 at one
+    request in two, each miss a formatting of a microsecond.
+    """
+    ms = _ceil(seconds * 1000 - 1e-6)
+    if ms >= 1000:
+        step = 10 if ms < 10_000 else 100
+        ms = -(-ms // step) * step
+    value = _RESETS.get(ms)
+    if value is None:
+        if len(_RESETS) >= _RESETS_MAX:
+            _RESETS.clear()
+        value = _RESETS[ms] = _format_ms(ms).encode()
+    return value
 
 
 RawHeaders = list[tuple[bytes, bytes]]
 """Response headers as ASGI sends them: lower-case names and values, in bytes."""
-_ceil = math.ceil
 
 
 def rate_headers(
@@ -268,22 +285,22 @@ def rate_headers(
             return [
                 limit_requests,
                 (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0)),
-                (_RESET_REQUESTS, _duration_bytes(_ceil(requests_reset_s * 1000 - 1e-6))),
+                (_RESET_REQUESTS, _reset_bytes(requests_reset_s)),
             ]
         return [
             limit_tokens,
             (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0)),
-            (_RESET_TOKENS, _duration_bytes(_ceil(tokens_reset_s * 1000 - 1e-6))),
+            (_RESET_TOKENS, _reset_bytes(tokens_reset_s)),
             limit_requests,
             (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0)),
-            (_RESET_REQUESTS, _duration_bytes(_ceil(requests_reset_s * 1000 - 1e-6))),
+            (_RESET_REQUESTS, _reset_bytes(requests_reset_s)),
         ]
     if tpm is None:
         return []
     return [
         limits.limit_headers[0],
         (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0)),
-        (_RESET_TOKENS, _duration_bytes(_ceil(tokens_reset_s * 1000 - 1e-6))),
+        (_RESET_TOKENS, _reset_bytes(tokens_reset_s)),
     ]
 
 
