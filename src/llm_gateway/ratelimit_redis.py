@@ -680,9 +680,9 @@ class RedisLimiter:
         self._open.discard(lease)
         if self._leases.get(lease.key) is lease:
             del self._leases[lease.key]
+        if len(self._lease_sizes) >= 100_000:  # keys come and go: forget them now and then
+            self._lease_sizes.clear()
         if 2 * (lease.next - 1) < lease.size:  # less than half used: ask for less next time
-            if len(self._lease_sizes) >= 100_000:
-                self._lease_sizes.clear()
             self._lease_sizes[lease.key] = max(LEASE_MIN, lease.size // 2)
         else:
             self._lease_sizes[lease.key] = lease.size
