@@ -234,7 +234,6 @@ def _format_ms(ms: int) -> str:
     return f"{minutes // 60}h{minutes % 60}m{text}"
 
 
-_ceil = math.ceil
 _RESETS: dict[int, bytes] = {}
 _RESETS_MAX = 10_000
 
@@ -248,7 +247,7 @@ def _reset_bytes(seconds: float) -> bytes:
     oldest request moving every millisecond) missed a cache of 4,096 at one
     request in two, each miss a formatting of a microsecond.
     """
-    ms = _ceil(seconds * 1000 - 1e-6)
+    ms = _ms(seconds)
     if ms >= 1000:
         step = 10 if ms < 10_000 else 100
         ms = -(-ms // step) * step

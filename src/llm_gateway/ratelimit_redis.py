@@ -550,6 +550,8 @@ class RedisLimiter:
         self._fail_open = fail_open
         self._prefix = prefix
         self._clock = clock
+        # Leases are timed by ``clock``, else by this process's monotonic clock.
+        self._now: Clock = clock if clock is not None else time.monotonic
         self._node = secrets.token_hex(6)
         self._ids = itertools.count(1)
         self._leases: dict[str, _Lease] = {}  # the newest lease of each key
@@ -622,11 +624,7 @@ class RedisLimiter:
         lease = self._leases.get(key)
         if lease is None:
             return None
-        now = time.monotonic() if self._clock is None else self._clock()
-        return lease.admit(limits, estimated_tokens if estimated_tokens > 0 else 0, now)
-
-    def _now(self) -> float:
-        return time.monotonic() if self._clock is None else self._clock()
+        return lease.admit(limits, estimated_tokens if estimated_tokens > 0 else 0, self._now())
 
     def _lease_wanted(self, key: str, limits: Limits, lease: _Lease | None) -> int:
         """How many admissions to ask for in advance with this one (0: a lease
