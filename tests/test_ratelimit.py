@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import subprocess
 import sys
 import textwrap
@@ -31,24 +30,9 @@ from llm_gateway.ratelimit import (
     format_duration,
 )
 from llm_gateway.ratelimit_redis import RedisLimiter
+from tests.redis_helpers import REDIS_URL, FakeClock, SlowRedis
 
-REDIS_URL = os.environ.get("LLMGW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-T0 = 1_000_000.0
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def at(self, offset_s: float) -> None:
-        """Move to T0 + offset_s."""
-        self.now = T0 + offset_s
 
 
 async def _delete_prefix(prefix: str) -> None:
@@ -616,35 +600,18 @@ async def test_redis_a_reply_lost_after_the_script_ran_frees_its_slot(prefix: st
     """A batch whose reply comes too late (Redis busy, a fork) may have run: its
     admission must not hold a concurrency slot for INFLIGHT_TTL_S."""
     await _ping_redis()
-
-    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, delay: float) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await r.read(65536):
-                await asyncio.sleep(delay)
-                w.write(data)
-                await w.drain()
-        w.close()
-
-    async def slow_redis(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        host, port = REDIS_URL.split("//")[1].split("/")[0].split(":")
-        sr, sw = await asyncio.open_connection(host, int(port))
-        await asyncio.gather(pipe(r, sw, 0), pipe(sr, w, 0.3))  # answers 0.3 s late
-
-    proxy = await asyncio.start_server(slow_redis, "127.0.0.1", 0)
-    port = proxy.sockets[0].getsockname()[1]
-    url = f"redis://127.0.0.1:{port}/0"
-    slow = RedisLimiter(url, fail_open=False, prefix=prefix, timeout_s=0.1)
-    one = Limits(concurrent=1)
-    try:
-        refused = await slow.acquire("k", one, 0)
-        assert (refused.allowed, refused.reason) == (False, "unavailable")
-        await asyncio.sleep(1.6)  # the release is retried after DOWN_BACKOFF_S
-        fast = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix)
+    async with SlowRedis(0.3) as proxy:  # answers 0.3 s late
+        slow = RedisLimiter(proxy.url, fail_open=False, prefix=prefix, timeout_s=0.1)
+        one = Limits(concurrent=1)
         try:
-            later = await fast.acquire("k", one, 0)
-            assert later.allowed, later.reason  # the slot is free, not held for 10 minutes
+            refused = await slow.acquire("k", one, 0)
+            assert (refused.allowed, refused.reason) == (False, "unavailable")
+            await asyncio.sleep(1.6)  # the release is retried after DOWN_BACKOFF_S
+            fast = RedisLimiter(REDIS_URL, fail_open=False, prefix=prefix)
+            try:
+                later = await fast.acquire("k", one, 0)
+                assert later.allowed, later.reason  # the slot is free, not held for 10 minutes
+            finally:
+                await fast.close()
         finally:
-            await fast.close()
-    finally:
-        await slow.close()
-        proxy.close()
+            await slow.close()

@@ -10,8 +10,6 @@ exactly what was used.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import sys
 import textwrap
 import time
@@ -23,18 +21,9 @@ from redis.asyncio import Redis
 
 from llm_gateway.ratelimit import Decision, Limits, Reservation
 from llm_gateway.ratelimit_redis import LEASE_GRACE_S, LEASE_START, RedisLimiter
+from tests.redis_helpers import REDIS_URL, T0, FakeClock, SlowRedis
 
-REDIS_URL = os.environ.get("LLMGW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-T0 = 1_000_000.0  # a whole second: a lease granted at T0 + f lasts 1 - f seconds
 BIG = Limits(requests_per_minute=100_000, tokens_per_minute=10**9, concurrent=10_000)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -267,38 +256,20 @@ async def test_a_lease_return_whose_reply_is_lost_is_applied_once(
 ) -> None:
     """The return runs but its reply comes too late: it is sent again, and the
     script's marker keeps the second one from giving the tokens back twice."""
-    delay = 0.0
-
-    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, late: bool) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await r.read(65536):
-                if late and delay:
-                    await asyncio.sleep(delay)
-                w.write(data)
-                await w.drain()
-        w.close()
-
-    async def proxy_to_redis(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        host, port = REDIS_URL.split("//")[1].split("/")[0].split(":")
-        sr, sw = await asyncio.open_connection(host, int(port))
-        await asyncio.gather(pipe(r, sw, False), pipe(sr, w, True))
-
-    proxy = await asyncio.start_server(proxy_to_redis, "127.0.0.1", 0)
-    url = f"redis://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/0"
-    clock = FakeClock()
-    clock.now = T0 + 0.5  # the lease lasts 0.5 s
-    lim = RedisLimiter(url, fail_open=False, prefix=prefix, clock=clock, timeout_s=0.1)
-    try:
-        _reservation(await lim.acquire("k", BIG, 10))
-        leased = [_reservation(await lim.acquire("k", BIG, 10)) for _ in range(3)]
-        assert all(r.lease is not None for r in leased)
-        lim.settle_soon(leased[0], 4)
-        delay = 0.3  # replies from now on come after the limiter gave up on them
-        await asyncio.sleep(0.7)  # the lease ended; its return ran, its reply was lost
-        delay = 0.0
-        await asyncio.sleep(2.5)  # sent again (after the back-off), and answered
-        # 4 requests; 3 in flight; tokens: 4 x 10 reserved, less 6 that one did not use.
-        assert await _counts(redis, prefix, "k") == (4, 3, 34)
-    finally:
-        await lim.close()
-        proxy.close()
+    async with SlowRedis() as proxy:
+        clock = FakeClock()
+        clock.now = T0 + 0.5  # the lease lasts 0.5 s
+        lim = RedisLimiter(proxy.url, fail_open=False, prefix=prefix, clock=clock, timeout_s=0.1)
+        try:
+            _reservation(await lim.acquire("k", BIG, 10))
+            leased = [_reservation(await lim.acquire("k", BIG, 10)) for _ in range(3)]
+            assert all(r.lease is not None for r in leased)
+            lim.settle_soon(leased[0], 4)
+            proxy.delay = 0.3  # replies from now on come after the limiter gave up on them
+            await asyncio.sleep(0.7)  # the lease ended; its return ran, its reply was lost
+            proxy.delay = 0.0
+            await asyncio.sleep(2.5)  # sent again (after the back-off), and answered
+            # 4 requests; 3 in flight; tokens: 4 x 10 reserved, less 6 that one did not use.
+            assert await _counts(redis, prefix, "k") == (4, 3, 34)
+        finally:
+            await lim.close()
