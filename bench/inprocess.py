@@ -11,15 +11,36 @@ Variants: off (auth off), key (API key, no limits), rpm (key + requests per
 minute), memory (key + all three limits), redis (the same in the Redis at
 127.0.0.1:6379). Non-streaming chat completions on
 the dummy backend; the best of --reps timed loops is the figure.
+
+This machine's speed moves 2x from one second to the next, so timings here
+tell apart only large changes. ``--instructions`` counts instead: it runs
+the same loop under valgrind's callgrind (apt-get install valgrind) and
+reports the CPU instructions and simulated L1 cache misses per request,
+counted over --requests requests after as many to warm up: the work each
+request does on the event loop, without periodic work (a key read again each
+second, the usage writer's batches), which under valgrind's ~50x slowdown
+would weigh 50x what it weighs at full speed. The counts repeat to within a
+few tenths of a percent whatever else the machine does, so a change of ~0.1
+us shows; instructions are not time (a cache miss costs more than an
+instruction), so confirm live. INPROCESS_CALLGRIND_KEEP=FILE keeps
+callgrind's output (callgrind_annotate FILE: where the instructions go).
+
+    .venv/bin/python bench/inprocess.py memory --instructions [--requests 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +123,99 @@ async def run(variant: str, requests: int, reps: int) -> list[float]:
             send,
         )
 
-    timings = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(requests):
+    if os.environ.get("INPROCESS_CALLGRIND") == "1":
+        for _ in range(requests):  # warm-up
             await one()
-        timings.append((time.perf_counter() - t) / requests * 1e6)
-        await asyncio.sleep(0.2)  # the usage writer catches up between loops
+        # Counted: each request run whole inside itertools.starmap, which nothing
+        # else here calls, and which callgrind counts in (--toggle-collect).
+        # Periodic work (a key read again each second, the usage writer's
+        # batches) is left out: under valgrind requests run ~50x slower, so it
+        # would weigh 50x what it weighs at full speed.
+        waited = 0
+        for _ in range(requests):
+            coroutine = one()
+            for awaited in itertools.starmap(run_whole, ((coroutine,),)):
+                if awaited is not None:  # the rest runs uncounted
+                    waited += 1
+                    await finish(coroutine, awaited)
+            await asyncio.sleep(0)  # what the loop has to do, uncounted
+        print(f"waited: {waited}")
+        timings = [0.0]
+    else:
+        timings = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            for _ in range(requests):
+                await one()
+            timings.append((time.perf_counter() - t) / requests * 1e6)
+            await asyncio.sleep(0.2)  # the usage writer catches up between loops
     assert statuses == {200}, statuses
     await lifespan.put({"type": "lifespan.shutdown"})
     await life
     return timings
+
+
+def run_whole(coroutine: Coroutine[Any, Any, None]) -> Any:
+    """Run one request's coroutine to its end without the event loop, as far as it
+    goes: the dummy backend never waits, but a request may (a key read again when
+    its cached entry expired). Returns what it waits for, None when it ended."""
+    try:
+        return coroutine.send(None)
+    except StopIteration:
+        return None
+
+
+async def finish(coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
+    """Go on with a request that ``run_whole`` left waiting, on the event loop."""
+    while True:
+        if awaited is None:
+            await asyncio.sleep(0)
+        else:
+            await asyncio.wait([awaited])
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration:
+            return
+
+
+EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
+
+
+def count_instructions(variant: str, requests: int) -> int:
+    """Run one warm-up loop and one counted loop under callgrind; print per request."""
+    with tempfile.TemporaryDirectory(prefix="inprocess-cg-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            "--toggle-collect=starmap_next",
+            "--cache-sim=yes",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            variant,
+            f"--requests={requests}",
+            "--reps=2",
+        ]
+        env = {**os.environ, "INPROCESS_CALLGRIND": "1"}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"the counted run failed:\n{done.stderr[-3000:]}")
+        waited = int(re.findall(r"^waited: (\d+)$", done.stdout, re.MULTILINE)[-1])
+        if os.environ.get("INPROCESS_CALLGRIND_KEEP"):
+            shutil.copy(out, os.environ["INPROCESS_CALLGRIND_KEEP"])
+        totals = re.search(r"^totals:\s+([\d ]+)$", out.read_text(), re.MULTILINE)
+    assert totals is not None, "callgrind wrote no totals"
+    numbers = [int(n) for n in totals.group(1).split()]  # trailing zeros left out
+    counts = dict(zip(EVENTS, numbers + [0] * (len(EVENTS) - len(numbers)), strict=True))
+    per = {name: n / requests for name, n in counts.items()}
+    print(
+        f"{variant}: {per['Ir']:,.0f} instructions a request; "
+        f"L1 misses: {per['I1mr']:,.0f} instruction, {per['D1mr'] + per['D1mw']:,.0f} data"
+        + (f" ({waited} requests waited for the store: counted in part)" if waited else "")
+    )
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -120,7 +223,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("variant", choices=sorted(VARIANTS))
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--instructions", action="store_true", help="count instructions under callgrind")
     args = p.parse_args(argv)
+    if args.instructions:
+        return count_instructions(args.variant, args.requests)
     timings = asyncio.run(run(args.variant, args.requests, args.reps))
     print(
         f"{args.variant}: best {min(timings):.1f} us a request "
