@@ -59,7 +59,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +139,15 @@ def _first(own: int | None, fallback: int | None) -> int | None:
 NO_LIMITS = Limits()
 
 
-@dataclass(slots=True)  # not frozen: built per request, and frozen init costs ~1 us
-class Reservation:
+class Reservation(NamedTuple):
     """What an admitted request holds until ``settle()``.
 
     ``id`` is empty when nothing was reserved (no limits, or Redis unreachable
     and failing open): settling it does nothing. ``tokens`` is the estimate
     reserved in token bucket ``slot``, None when tokens are not limited.
-    ``lease`` and ``index``: the Redis backend's lease it was admitted from
-    (admissions handed out by the process, see ``ratelimit_redis``), if any.
+    ``lease``: the Redis backend's lease it was admitted from (admissions
+    handed out by the process, see ``ratelimit_redis``), if any; ``number``
+    numbers it within the lease, or among the memory backend's reservations.
     """
 
     key: str
@@ -155,11 +155,10 @@ class Reservation:
     slot: int = 0
     tokens: int | None = None
     lease: Any = None
-    index: int = 0
+    number: int = 0
 
 
-@dataclass(slots=True)  # not frozen: built per request
-class Decision:
+class Decision(NamedTuple):
     """The answer to ``acquire()``."""
 
     allowed: bool
@@ -173,6 +172,12 @@ class Decision:
     def headers(self) -> dict[str, str]:
         """The same headers as text."""
         return {k.decode(): v.decode() for k, v in self.raw_headers}
+
+
+# Reservations and decisions are built once or twice per request: tuple.__new__
+# builds one with no Python-level __new__ (a NamedTuple's own costs ~3x more).
+_new_reservation = cast(Callable[[type, tuple[Any, ...]], Reservation], tuple.__new__)
+_new_decision = cast(Callable[[type, tuple[Any, ...]], Decision], tuple.__new__)
 
 
 class RateLimiter(Protocol):
@@ -246,16 +251,26 @@ def _reset_bytes(seconds: float) -> bytes:
     the millisecond it held 61,000, and a key's first minute of traffic (its
     oldest request moving every millisecond) missed a cache of 4,096 at one
     request in two, each miss a formatting of a microsecond.
+    (``rate_headers`` does the same inline.)
     """
-    ms = _ms(seconds)
+    ms = math.ceil(seconds * 1000 - 1e-6)  # _ms(seconds)
     if ms >= 1000:
-        step = 10 if ms < 10_000 else 100
-        ms = -(-ms // step) * step
-    value = _RESETS.get(ms)
-    if value is None:
-        if len(_RESETS) >= _RESETS_MAX:
-            _RESETS.clear()
-        value = _RESETS[ms] = _format_ms(ms).encode()
+        ms = _coarse_ms(ms)
+    return _RESETS.get(ms) or _encode_reset(ms)
+
+
+def _coarse_ms(ms: int) -> int:
+    """Milliseconds of 1 s or more rounded up as a reset shows them: to 10 ms under
+    10 s, to 0.1 s beyond."""
+    step = 10 if ms < 10_000 else 100
+    return -(-ms // step) * step
+
+
+def _encode_reset(ms: int) -> bytes:
+    """Format a reset value (already rounded), and keep it for next time."""
+    if len(_RESETS) >= _RESETS_MAX:
+        _RESETS.clear()
+    value = _RESETS[ms] = _format_ms(ms).encode()
     return value
 
 
@@ -275,32 +290,31 @@ def rate_headers(
     ``requests`` and ``tokens`` are the current usage in the window (including
     this request when it was admitted); the resets are the seconds until the
     oldest counted use leaves the window.
+
+    Every limited request pays for this, so ``_reset_bytes`` is written out
+    inline (a call costs about as much as its body).
     """
     rpm = limits.requests_per_minute
     tpm = limits.tokens_per_minute
     if rpm is not None:
-        limit_tokens, limit_requests = limits.limit_headers
+        ms = math.ceil(requests_reset_s * 1000 - 1e-6)
+        if ms >= 1000:
+            ms = _coarse_ms(ms)
+        requests_reset = (_RESET_REQUESTS, _RESETS.get(ms) or _encode_reset(ms))
+        requests_left = (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0))
         if tpm is None:
-            return [
-                limit_requests,
-                (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0)),
-                (_RESET_REQUESTS, _reset_bytes(requests_reset_s)),
-            ]
-        return [
-            limit_tokens,
-            (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0)),
-            (_RESET_TOKENS, _reset_bytes(tokens_reset_s)),
-            limit_requests,
-            (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0)),
-            (_RESET_REQUESTS, _reset_bytes(requests_reset_s)),
-        ]
-    if tpm is None:
+            return [limits.limit_headers[1], requests_left, requests_reset]
+    elif tpm is None:
         return []
-    return [
-        limits.limit_headers[0],
-        (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0)),
-        (_RESET_TOKENS, _reset_bytes(tokens_reset_s)),
-    ]
+    ms = math.ceil(tokens_reset_s * 1000 - 1e-6)
+    if ms >= 1000:
+        ms = _coarse_ms(ms)
+    tokens_reset = (_RESET_TOKENS, _RESETS.get(ms) or _encode_reset(ms))
+    tokens_left = (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0))
+    if rpm is None:
+        return [limits.limit_headers[0], tokens_left, tokens_reset]
+    limit_tokens, limit_requests = limits.limit_headers
+    return [limit_tokens, tokens_left, tokens_reset, limit_requests, requests_left, requests_reset]
 
 
 def _unlimited(key: str) -> Decision:
@@ -317,10 +331,11 @@ class _KeyState:
 
     Dicts keep insertion order, and with a monotonic clock insertion order is
     time order: pruning pops from the front. ``low`` is the oldest token
-    bucket's slot (meaningless while there is none), so that the common case,
-    nothing to prune, reads one integer. ``inflight`` maps reservation numbers
-    to their expiry; expired ones matter only to a concurrency limit that looks
-    full, and are pruned then (and by the sweep).
+    bucket's slot (meaningless while there is none). ``slot`` is the current
+    second's bucket, valid until ``next_slot``: buckets leave the window only
+    when the second changes, so they are pruned only then. ``inflight`` maps
+    reservation numbers to their expiry; expired ones matter only to a
+    concurrency limit that looks full, and are pruned then (and by the sweep).
     """
 
     requests: deque[float] = field(default_factory=deque)
@@ -328,6 +343,8 @@ class _KeyState:
     low: int = 0
     tokens: int = 0
     inflight: dict[int, float] = field(default_factory=dict)
+    slot: int = 0
+    next_slot: float = -math.inf
 
     def prune(self, now: float) -> None:
         """Forget requests, buckets and reservations that left the window."""
@@ -340,15 +357,22 @@ class _KeyState:
         horizon = now - WINDOW_S
         while requests and requests[0] <= horizon:
             requests.popleft()
+        self.prune_buckets(now)
+
+    def prune_buckets(self, now: float) -> None:
+        """Forget the token buckets that left the window; note the current second."""
+        slot = math.floor(now)
+        self.slot = slot
+        self.next_slot = slot + 1.0
         buckets = self.buckets
-        first = math.floor(now) - WINDOW_S
+        first = slot - WINDOW_S
         if buckets and self.low < first:
             while buckets:
-                slot = next(iter(buckets))
-                if slot >= first:
-                    self.low = slot
+                oldest = next(iter(buckets))
+                if oldest >= first:
+                    self.low = oldest
                     break
-                self.tokens -= buckets.pop(slot)
+                self.tokens -= buckets.pop(oldest)
 
     def prune_inflight(self, now: float) -> int:
         """Forget the reservations that expired unsettled; how many are left."""
@@ -388,7 +412,7 @@ class _KeyState:
 class MemoryLimiter:
     """A ``RateLimiter`` for one process. Safe under asyncio: nothing awaits.
 
-    A reservation's ``id`` is always "m" here; ``index`` numbers it.
+    A reservation's ``id`` is always "m" here; ``number`` numbers it.
     """
 
     def __init__(self, *, clock: Clock = time.monotonic) -> None:
@@ -402,7 +426,11 @@ class MemoryLimiter:
         return self.acquire_now(key, limits, estimated_tokens)
 
     def acquire_now(self, key: str, limits: Limits, estimated_tokens: int) -> Decision:
-        """``acquire`` without the coroutine, for callers that are not async."""
+        """``acquire`` without the coroutine, for callers that are not async.
+
+        Every limited request runs this: it is written for few instructions
+        (see ``bench/inprocess.py --instructions``), the pruning inline.
+        """
         if limits.empty:
             return _unlimited(key)
         now = self._clock()
@@ -411,49 +439,61 @@ class MemoryLimiter:
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _KeyState()
+        if now >= state.next_slot:
+            state.prune_buckets(now)
         requests = state.requests
-        buckets = state.buckets
-        if (requests and requests[0] <= now - WINDOW_S) or (
-            buckets and state.low + WINDOW_S + 1 <= now  # i.e. low < floor(now) - WINDOW_S
-        ):
-            state.prune_usage(now)
+        horizon = now - WINDOW_S
+        while requests and requests[0] <= horizon:
+            requests.popleft()
         estimate = estimated_tokens if estimated_tokens > 0 else 0
-        requests_before = len(requests)
         rpm, tpm, conc = limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent
         inflight = state.inflight
-        if (
-            (rpm is None or requests_before < rpm)
+        if not (
+            (rpm is None or len(requests) < rpm)
             and (tpm is None or state.tokens + estimate <= tpm)
             and (conc is None or len(inflight) < conc or state.prune_inflight(now) < conc)
         ):
-            # Admitted: count the request, reserve its tokens, take a concurrency slot.
-            slot = math.floor(now)
-            tokens: int | None = None
-            if rpm is not None:
-                requests.append(now)
-            if tpm is not None:
-                if not buckets:
-                    state.low = slot
-                buckets[slot] = buckets.get(slot, 0) + estimate
-                state.tokens += estimate
-                tokens = estimate
-            number = next(self._numbers)
-            inflight[number] = now + INFLIGHT_TTL_S
-            decision = Decision(
-                True, None, 0.0, [], Reservation(key, "m", slot, tokens, None, number)
-            )
-        else:
             reason, retry = self._check(state, limits, estimate, now)
-            decision = Decision(False, reason, retry, [], None)
-        if rpm is not None or tpm is not None:
-            decision.raw_headers = rate_headers(
-                limits,
-                len(requests),
-                requests[0] + WINDOW_S - now if requests_before else WINDOW_S,
-                state.tokens,
-                state.low + WINDOW_S + 1 - now if buckets else 0.0,
+            return _new_decision(
+                Decision, (False, reason, retry, self._headers(state, limits, now), None)
             )
-        return decision
+        # Admitted: count the request, reserve its tokens, take a concurrency slot.
+        buckets = state.buckets
+        slot = state.slot
+        tokens: int | None = None
+        if rpm is not None:
+            requests.append(now)
+        if tpm is not None:
+            if not buckets:
+                state.low = slot
+            buckets[slot] = buckets.get(slot, 0) + estimate
+            state.tokens += estimate
+            tokens = estimate
+        number = next(self._numbers)
+        inflight[number] = now + INFLIGHT_TTL_S
+        reservation = _new_reservation(Reservation, (key, "m", slot, tokens, None, number))
+        if rpm is None and tpm is None:
+            return _new_decision(Decision, (True, None, 0.0, [], reservation))
+        headers = rate_headers(  # requests holds this one when rpm is set, buckets when tpm is
+            limits,
+            len(requests),
+            (requests[0] if requests else now) + WINDOW_S - now,
+            state.tokens,
+            state.low + WINDOW_S + 1 - now,
+        )
+        return _new_decision(Decision, (True, None, 0.0, headers, reservation))
+
+    @staticmethod
+    def _headers(state: _KeyState, limits: Limits, now: float) -> RawHeaders:
+        """The key's x-ratelimit-* headers as of ``now``."""
+        requests = state.requests
+        return rate_headers(
+            limits,
+            len(requests),
+            requests[0] + WINDOW_S - now if requests else WINDOW_S,
+            state.tokens,
+            state.low + WINDOW_S + 1 - now if state.buckets else 0.0,
+        )
 
     @staticmethod
     def _check(
@@ -493,14 +533,15 @@ class MemoryLimiter:
 
     def settle_soon(self, reservation: Reservation, actual_tokens: int) -> None:
         """See ``RateLimiter.settle_soon``: synchronous here."""
-        if not reservation.id:
+        key, rid, slot, tokens, _, number = reservation
+        if not rid:
             return
-        state = self._keys.get(reservation.key)
-        if state is None or state.inflight.pop(reservation.index, None) is None:
+        state = self._keys.get(key)
+        if state is None or state.inflight.pop(number, None) is None:
             return  # settled already, or expired
-        if reservation.tokens is not None and reservation.slot in state.buckets:
-            delta = max(0, actual_tokens) - reservation.tokens
-            state.buckets[reservation.slot] += delta
+        if tokens is not None and slot in state.buckets:
+            delta = (actual_tokens if actual_tokens > 0 else 0) - tokens
+            state.buckets[slot] += delta
             state.tokens += delta
 
     async def close(self) -> None:

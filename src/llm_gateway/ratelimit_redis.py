@@ -498,8 +498,8 @@ class _Lease:
 
     def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """Settle one of the lease's admissions while the lease is open."""
-        if reservation.index in self.held:
-            self.held.remove(reservation.index)
+        if reservation.number in self.held:
+            self.held.remove(reservation.number)
             if reservation.tokens is not None:
                 self.back += reservation.tokens - max(0, actual_tokens)
 
@@ -727,7 +727,7 @@ class RedisLimiter:
             delta = max(0, actual_tokens) - reservation.tokens
         rid = reservation.id
         if reservation.lease is not None:  # leased, and the lease is over
-            rid = f"{rid}:{reservation.index}"
+            rid = f"{rid}:{reservation.number}"
         call = f"s {rid} {reservation.slot} {delta}"
         return self._call(self._base(reservation.key), call, wait=wait)
 
