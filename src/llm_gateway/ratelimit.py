@@ -174,10 +174,12 @@ class Decision(NamedTuple):
         return {k.decode(): v.decode() for k, v in self.raw_headers}
 
 
-# Reservations and decisions are built once or twice per request: tuple.__new__
-# builds one with no Python-level __new__ (a NamedTuple's own costs ~3x more).
-_new_reservation = cast(Callable[[type, tuple[Any, ...]], Reservation], tuple.__new__)
-_new_decision = cast(Callable[[type, tuple[Any, ...]], Decision], tuple.__new__)
+# Reservations and decisions are built for every limited request: on the hot
+# paths, new_reservation(Reservation, (all six fields)) and new_decision(Decision,
+# (all five)) build them with no Python-level __new__ (tuple.__new__: 1.1k
+# instructions, where a NamedTuple's own __new__ costs 3k).
+new_reservation = cast(Callable[[type, tuple[Any, ...]], Reservation], tuple.__new__)
+new_decision = cast(Callable[[type, tuple[Any, ...]], Decision], tuple.__new__)
 
 
 class RateLimiter(Protocol):
@@ -291,15 +293,15 @@ def rate_headers(
     this request when it was admitted); the resets are the seconds until the
     oldest counted use leaves the window.
 
-    Every limited request pays for this, so ``_reset_bytes`` is written out
-    inline (a call costs about as much as its body).
+    Every limited request pays for this, so ``_reset_bytes`` and ``_coarse_ms``
+    are written out inline (a call costs about as much as their bodies).
     """
     rpm = limits.requests_per_minute
     tpm = limits.tokens_per_minute
     if rpm is not None:
         ms = math.ceil(requests_reset_s * 1000 - 1e-6)
-        if ms >= 1000:
-            ms = _coarse_ms(ms)
+        if ms >= 1000:  # _coarse_ms(ms)
+            ms = -(-ms // 10) * 10 if ms < 10_000 else -(-ms // 100) * 100
         requests_reset = (_RESET_REQUESTS, _RESETS.get(ms) or _encode_reset(ms))
         requests_left = (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0))
         if tpm is None:
@@ -307,8 +309,8 @@ def rate_headers(
     elif tpm is None:
         return []
     ms = math.ceil(tokens_reset_s * 1000 - 1e-6)
-    if ms >= 1000:
-        ms = _coarse_ms(ms)
+    if ms >= 1000:  # _coarse_ms(ms)
+        ms = -(-ms // 10) * 10 if ms < 10_000 else -(-ms // 100) * 100
     tokens_reset = (_RESET_TOKENS, _RESETS.get(ms) or _encode_reset(ms))
     tokens_left = (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0))
     if rpm is None:
@@ -454,7 +456,7 @@ class MemoryLimiter:
             and (conc is None or len(inflight) < conc or state.prune_inflight(now) < conc)
         ):
             reason, retry = self._check(state, limits, estimate, now)
-            return _new_decision(
+            return new_decision(
                 Decision, (False, reason, retry, self._headers(state, limits, now), None)
             )
         # Admitted: count the request, reserve its tokens, take a concurrency slot.
@@ -471,9 +473,9 @@ class MemoryLimiter:
             tokens = estimate
         number = next(self._numbers)
         inflight[number] = now + INFLIGHT_TTL_S
-        reservation = _new_reservation(Reservation, (key, "m", slot, tokens, None, number))
+        reservation = new_reservation(Reservation, (key, "m", slot, tokens, None, number))
         if rpm is None and tpm is None:
-            return _new_decision(Decision, (True, None, 0.0, [], reservation))
+            return new_decision(Decision, (True, None, 0.0, [], reservation))
         headers = rate_headers(  # requests holds this one when rpm is set, buckets when tpm is
             limits,
             len(requests),
@@ -481,7 +483,7 @@ class MemoryLimiter:
             state.tokens,
             state.low + WINDOW_S + 1 - now,
         )
-        return _new_decision(Decision, (True, None, 0.0, headers, reservation))
+        return new_decision(Decision, (True, None, 0.0, headers, reservation))
 
     @staticmethod
     def _headers(state: _KeyState, limits: Limits, now: float) -> RawHeaders:

@@ -38,6 +38,8 @@ from llm_gateway.ratelimit import (
     Limits,
     Reservation,
     _unlimited,
+    new_decision,
+    new_reservation,
     rate_headers,
 )
 from llm_gateway.resp import RespClient, RespError
@@ -492,9 +494,8 @@ class _Lease:
             self.tokens + self.pool - self.tokens_left,
             self.tokens_reset_s - elapsed,
         )
-        return Decision(
-            True, None, 0.0, headers, Reservation(self.key, self.id, self.slot, tokens, self, i)
-        )
+        reservation = new_reservation(Reservation, (self.key, self.id, self.slot, tokens, self, i))
+        return new_decision(Decision, (True, None, 0.0, headers, reservation))
 
     def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """Settle one of the lease's admissions while the lease is open."""
@@ -717,7 +718,8 @@ class RedisLimiter:
         if code:
             return Decision(False, _REASONS[code], retry_ms / 1000, headers, None)
         reserved = None if limits.tokens_per_minute is None else estimate
-        return Decision(True, None, 0.0, headers, Reservation(key, rid, slot, reserved))
+        reservation = new_reservation(Reservation, (key, rid, slot, reserved, None, 0))
+        return new_decision(Decision, (True, None, 0.0, headers, reservation))
 
     def _settle_call(
         self, reservation: Reservation, actual_tokens: int, *, wait: bool
