@@ -244,10 +244,8 @@ class Authenticator:
         """The caller of an API key looked up less than KEY_CACHE_TTL_S ago, else None.
 
         The hot path: no coroutine, no parsing (only well-formed keys are cached).
-        The cache is keyed by a digest (BLAKE2s: a third cheaper than SHA-256 for
-        a key), so raw keys are not kept in memory.
         """
-        digest = hashlib.blake2s(token).digest()
+        digest = hashlib.blake2s(token).digest()  # _digest(token), without the call
         hit = self._cache.get(digest)
         if hit is None:
             return None
@@ -256,24 +254,10 @@ class Authenticator:
         if left <= 0 or principal is None:
             return None
         if left < KEY_REFRESH_AHEAD_S and digest not in self._loading:
-            self._refresh(digest, token.decode("latin-1"))
+            self._load_once(digest, token.decode("latin-1"))  # read again, in the background
         if principal.key_id is not None:  # always: only keys are cached
             self.used.add(principal.key_id)
         return principal
-
-    def _refresh(self, digest: bytes, token: str) -> None:
-        """Read a key again in the background before its cache entry expires."""
-        task = asyncio.ensure_future(self._load(digest, token))
-        self._loading[digest] = task
-
-        def done(task: asyncio.Future[Principal | None]) -> None:
-            self._loading.pop(digest, None)
-            if not task.cancelled() and task.exception() is not None:
-                # The entry expires as it would have; the next request reads the
-                # key itself and answers the failure in the caller's protocol.
-                log.debug("could not refresh a cached key: %r", task.exception())
-
-        task.add_done_callback(done)
 
     async def authenticate(self, token: str) -> Principal:
         if parse_key(token) is None:
@@ -285,7 +269,7 @@ class Authenticator:
                     "nor a JWT (three dot-separated parts)"
                 )
             return self.verifier.verify(token)
-        digest = hashlib.blake2s(token.encode()).digest()  # the raw key is not kept
+        digest = _digest(token.encode("latin-1"))  # the raw key is not kept
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > time.monotonic():
             principal = hit[0]
@@ -298,14 +282,26 @@ class Authenticator:
         return principal
 
     async def _look_up(self, digest: bytes, token: str) -> Principal | None:
-        """One store lookup per key at a time: concurrent requests with the same
-        key wait for the first one's answer instead of each asking the store."""
+        """The key's principal from the store (concurrent requests with the same key
+        wait for the first one's answer instead of each asking the store)."""
+        return await asyncio.shield(self._load_once(digest, token))
+
+    def _load_once(self, digest: bytes, token: str) -> asyncio.Future[Principal | None]:
+        """The store lookup of a key, started unless one is under way: one per key
+        at a time, whether a request waits for it or it runs ahead of expiry."""
         pending = self._loading.get(digest)
         if pending is None:
-            pending = asyncio.ensure_future(self._load(digest, token))
-            self._loading[digest] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(digest, None))
-        return await asyncio.shield(pending)
+            pending = self._loading[digest] = asyncio.ensure_future(self._load(digest, token))
+
+            def done(task: asyncio.Future[Principal | None]) -> None:
+                self._loading.pop(digest, None)
+                if not task.cancelled() and task.exception() is not None:
+                    # Whoever waits answers the failure in the caller's protocol; a
+                    # read ahead of expiry leaves the entry to expire as it would have.
+                    log.debug("could not read a key: %r", task.exception())
+
+            pending.add_done_callback(done)
+        return pending
 
     async def _load(self, digest: bytes, token: str) -> Principal | None:
         read_at = time.monotonic()  # the answer is this old, however long the read takes
@@ -321,6 +317,12 @@ class Authenticator:
         used, self.used = self.used, set()
         if used:
             await self.store.touch(sorted(used))
+
+
+def _digest(token: bytes) -> bytes:
+    """What the key cache is keyed by (BLAKE2s: a third cheaper than SHA-256 for a
+    key), so raw keys are not kept in memory."""
+    return hashlib.blake2s(token).digest()
 
 
 def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
