@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 import httptools
@@ -54,8 +55,14 @@ where deleting the allowed bytes builds one from them on every call)."""
 _CHECKED_NAMES: set[bytes] = set()
 """Header names seen valid and lower-case: a response whose names are all here (and
 none twice, none of them transfer-encoding or connection) has only its values
-checked (~8 us less for a response of 11 headers, in instructions)."""
+checked (9k instructions less for a response of 11 headers, 40k before)."""
 _CHECKED_NAMES_MAX = 4096
+
+
+def _check_values(values: Iterable[bytes]) -> None:
+    """Refuse header values with a byte uvicorn refuses (one C loop for them all)."""
+    if 1 in b"\t".join(values).translate(_VALUE_CHECK):
+        raise RuntimeError("Invalid HTTP header value.")
 
 
 class GatewayCycle(RequestResponseCycle):
@@ -105,8 +112,7 @@ class GatewayCycle(RequestResponseCycle):
             and b"connection" not in by_name
         ):
             # The common case, in C loops: every name was checked before.
-            if 1 in b"\t".join(by_name.values()).translate(_VALUE_CHECK):
-                raise RuntimeError("Invalid HTTP header value.")
+            _check_values(by_name.values())
             length = by_name.get(b"content-length")
             if length is not None and self.chunked_encoding is None:
                 self.expected_content_length = int(length)
@@ -137,8 +143,7 @@ class GatewayCycle(RequestResponseCycle):
         joined = b"".join(names)
         if joined.translate(None, _NAME_OK):
             raise RuntimeError("Invalid HTTP header name.")
-        if b"\t".join(map(_VALUE, headers)).translate(None, _VALUE_OK):
-            raise RuntimeError("Invalid HTTP header value.")
+        _check_values(map(_VALUE, headers))
         if not joined.islower():  # ASGI asks for lower-case names; uvicorn lowers them
             headers = [(n.lower(), v) for n, v in headers]
             names = list(map(_NAME, headers))
