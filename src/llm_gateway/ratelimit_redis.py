@@ -410,6 +410,17 @@ _BATCH_LUA = (
 )
 
 
+def _usage_without_lease(limits: Limits, estimate: int, raw: list[int]) -> tuple[int, int]:
+    """(requests, tokens) in the window as an admission's reply counts them, less
+    the lease granted with it (``raw[7]`` admissions, which count themselves)."""
+    requests, tokens, size = raw[2], raw[4], raw[7]
+    if limits.requests_per_minute is not None:
+        requests -= size
+    if limits.tokens_per_minute is not None:
+        tokens -= size * estimate
+    return requests, tokens
+
+
 def _leasable(limits: Limits) -> bool:
     """Whether the limits are large enough for the script ever to grant a lease."""
     least = LEASE_MIN * LEASE_SHARE
@@ -647,8 +658,9 @@ class RedisLimiter:
     ) -> None:
         """Hand out the admissions a reply granted, until the lease ends (the
         time is counted from before the call, so it ends before Redis's second)."""
-        _, _, requests, requests_reset_ms, tokens, tokens_reset_ms, slot, size, lease_ms = raw
+        _, _, _, requests_reset_ms, _, tokens_reset_ms, slot, size, lease_ms = raw
         pool = estimate * size if limits.tokens_per_minute is not None else 0
+        requests, tokens = _usage_without_lease(limits, estimate, raw)
         lease = _Lease(
             key=key,
             id=rid,
@@ -659,9 +671,9 @@ class RedisLimiter:
             until=asked_at + lease_ms / 1000,
             pool=pool,
             tokens_left=pool,
-            requests=requests - size if limits.requests_per_minute is not None else 0,
+            requests=requests,
             requests_reset_s=requests_reset_ms / 1000,
-            tokens=tokens - pool,
+            tokens=tokens,
             tokens_reset_s=tokens_reset_ms / 1000,
         )
         self._leases[key] = lease
@@ -706,12 +718,8 @@ class RedisLimiter:
     def _decision(key: str, rid: str, limits: Limits, estimate: int, raw: list[int]) -> Decision:
         """Turn the script's reply into a Decision (its headers without the lease
         granted with it, which the lease's own admissions count)."""
-        code, retry_ms, requests, requests_reset_ms, tokens, tokens_reset_ms, slot, size, _ = raw
-        if size:
-            if limits.requests_per_minute is not None:
-                requests -= size
-            if limits.tokens_per_minute is not None:
-                tokens -= size * estimate
+        code, retry_ms, _, requests_reset_ms, _, tokens_reset_ms, slot, _, _ = raw
+        requests, tokens = _usage_without_lease(limits, estimate, raw)
         headers = rate_headers(
             limits, requests, requests_reset_ms / 1000, tokens, tokens_reset_ms / 1000
         )
