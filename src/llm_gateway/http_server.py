@@ -14,9 +14,8 @@ Three changes to how a response goes out, each measured on the overhead bench:
   event that arrives on its own still leaves at once, and what is held when
   the app fails still goes out before the connection closes.
 * Header names and values are checked for the bytes uvicorn refuses once for
-  the whole set (translate() calls) instead of two regular-expression
-  searches per header, and a name only the first time it is seen: most
-  responses carry the same few names.
+  the whole set (two translate() calls) instead of two regular-expression
+  searches per header.
 
 Everything else (parsing, keep-alive, pipelining, flow control, 100-continue,
 disconnects, WebSocket upgrades) is uvicorn's own; uvicorn is pinned, so the
@@ -28,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import operator
 import urllib.parse
-from collections.abc import Iterable
 from typing import Any
 
 import httptools
@@ -49,20 +47,6 @@ _VALUE = operator.itemgetter(1)
 # expressions cost 1.8 us a response, this 0.5).
 _NAME_OK = bytes(b for b in range(256) if not HEADER_RE.match(bytes([b])))
 _VALUE_OK = bytes(b for b in range(256) if not HEADER_VALUE_RE.match(bytes([b])))
-_VALUE_CHECK = bytes(b not in _VALUE_OK for b in range(256))
-"""translate() table: 1 for the bytes refused in a value, 0 for the others (a table,
-where deleting the allowed bytes builds one from them on every call)."""
-_CHECKED_NAMES: set[bytes] = set()
-"""Header names seen valid and lower-case: a response whose names are all here (and
-none twice, none of them transfer-encoding or connection) has only its values
-checked (9k instructions less for a response of 11 headers, 40k before)."""
-_CHECKED_NAMES_MAX = 4096
-
-
-def _check_values(values: Iterable[bytes]) -> None:
-    """Refuse header values with a byte uvicorn refuses (one C loop for them all)."""
-    if 1 in b"\t".join(values).translate(_VALUE_CHECK):
-        raise RuntimeError("Invalid HTTP header value.")
 
 
 class GatewayCycle(RequestResponseCycle):
@@ -103,52 +87,15 @@ class GatewayCycle(RequestResponseCycle):
 
     def _head(self, status: int, app_headers: Any) -> bytes:
         headers = [*self.default_headers, *app_headers]
-        by_name = dict(headers)
-        has_connection_close = False
-        if (
-            len(by_name) == len(headers)
-            and by_name.keys() <= _CHECKED_NAMES
-            and b"transfer-encoding" not in by_name
-            and b"connection" not in by_name
-        ):
-            # The common case, in C loops: every name was checked before.
-            _check_values(by_name.values())
-            length = by_name.get(b"content-length")
-            if length is not None and self.chunked_encoding is None:
-                self.expected_content_length = int(length)
-                self.chunked_encoding = False
-        else:
-            headers, has_connection_close = self._framing(headers)
-        content = [STATUS_LINE[status]]
-        if headers:
-            content += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
-        if not self.keep_alive and not has_connection_close:
-            content.append(b"connection: close\r\n")
-        if (
-            self.chunked_encoding is None
-            and self.scope["method"] != "HEAD"
-            and status not in (204, 304)
-        ):
-            self.chunked_encoding = True
-            content.append(b"transfer-encoding: chunked\r\n")
-        content.append(b"\r\n")
-        return b"".join(content)
-
-    def _framing(
-        self, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """Check every name and value, lower the names, and take the framing from
-        them (the three names that carry it); (the headers, connection: close)."""
         names = list(map(_NAME, headers))  # C loops, not Python ones: ~10 headers a response
         joined = b"".join(names)
         if joined.translate(None, _NAME_OK):
             raise RuntimeError("Invalid HTTP header name.")
-        _check_values(map(_VALUE, headers))
+        if b"\t".join(map(_VALUE, headers)).translate(None, _VALUE_OK):
+            raise RuntimeError("Invalid HTTP header value.")
         if not joined.islower():  # ASGI asks for lower-case names; uvicorn lowers them
             headers = [(n.lower(), v) for n, v in headers]
             names = list(map(_NAME, headers))
-        if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
-            _CHECKED_NAMES.update(names)
         # uvicorn's framing rules, for the three names that carry them: the first
         # content-length counts, unless a transfer-encoding says chunked.
         if b"content-length" in names and self.chunked_encoding is None:
@@ -166,7 +113,20 @@ class GatewayCycle(RequestResponseCycle):
                 ]:
                     self.keep_alive = False
                     has_connection_close = True
-        return headers, has_connection_close
+        content = [STATUS_LINE[status]]
+        if headers:
+            content += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if (
+            self.chunked_encoding is None
+            and self.scope["method"] != "HEAD"
+            and status not in (204, 304)
+        ):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)
 
     def _body(self, body: bytes, more_body: bool) -> None:
         head, self.head = self.head, b""
