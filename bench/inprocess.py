@@ -21,8 +21,12 @@ request does on the event loop, without periodic work (a key read again each
 second, the usage writer's batches), which under valgrind's ~50x slowdown
 would weigh 50x what it weighs at full speed. The counts repeat to within a
 few tenths of a percent whatever else the machine does, so a change of ~0.1
-us shows; instructions are not time (a cache miss costs more than an
-instruction), so confirm live. INPROCESS_CALLGRIND_KEEP=FILE keeps
+us shows; instructions are not time, so confirm live. Live, a request's
+cost follows its instruction-cache misses more than its instructions (a
+request runs more code than the L1 cache holds, and each line of code it
+runs costs a miss of ~10 ns here; 42k instructions of a tight loop cost 6 us,
+the limiter's 44k and 1,100 misses 17 to 24 us: docs/performance.md), so
+count a change by both. INPROCESS_CALLGRIND_KEEP=FILE keeps
 callgrind's output (callgrind_annotate FILE: where the instructions go).
 
     .venv/bin/python bench/inprocess.py memory --instructions [--requests 1000]
