@@ -245,7 +245,7 @@ class Authenticator:
 
         The hot path: no coroutine, no parsing (only well-formed keys are cached).
         """
-        digest = hashlib.blake2s(token).digest()  # _digest(token), without the call
+        digest = _digest(token)
         hit = self._cache.get(digest)
         if hit is None:
             return None

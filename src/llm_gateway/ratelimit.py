@@ -245,11 +245,23 @@ _RESETS: dict[int, bytes] = {}
 _RESETS_MAX = 10_000
 
 
-def _encode_reset(ms: int) -> bytes:
-    """Format a reset value (already rounded), and keep it for next time."""
-    if len(_RESETS) >= _RESETS_MAX:
-        _RESETS.clear()
-    value = _RESETS[ms] = _format_ms(ms).encode()
+def _reset_bytes(seconds: float) -> bytes:
+    """A reset header's value, rounded up (waiting that long is enough): to the
+    millisecond under 1 s, to 10 ms under 10 s, to 0.1 s beyond.
+
+    Encoded once per value: a window holds about 2,400 such values, where to
+    the millisecond it held 61,000, and a key's first minute of traffic (its
+    oldest request moving every millisecond) missed a cache of 4,096 at one
+    request in two, each miss a formatting of a microsecond.
+    """
+    ms = _ms(seconds)
+    if ms >= 1000:
+        ms = -(-ms // 10) * 10 if ms < 10_000 else -(-ms // 100) * 100
+    value = _RESETS.get(ms)
+    if value is None:
+        if len(_RESETS) >= _RESETS_MAX:
+            _RESETS.clear()
+        value = _RESETS[ms] = _format_ms(ms).encode()
     return value
 
 
@@ -268,33 +280,18 @@ def rate_headers(
 
     ``requests`` and ``tokens`` are the current usage in the window (including
     this request when it was admitted); the resets are the seconds until the
-    oldest counted use leaves the window.
-
-    A reset is rounded up (waiting that long is enough): to the millisecond
-    under 1 s, to 10 ms under 10 s, to 0.1 s beyond; and each value is encoded
-    once. A window holds about 2,400 such values, where to the millisecond it
-    held 61,000, and a key's first minute of traffic (its oldest request
-    moving every millisecond) missed a cache of 4,096 at one request in two,
-    each miss a formatting of a microsecond. Every limited request runs this,
-    so the rounding is written out where it is used (a helper's call cost
-    about as much as its body: 2.8k instructions a reset against 1.1k).
+    oldest counted use leaves the window (rounded by ``_reset_bytes``).
     """
     rpm = limits.requests_per_minute
     tpm = limits.tokens_per_minute
     if rpm is not None:
-        ms = math.ceil(requests_reset_s * 1000 - 1e-6)
-        if ms >= 1000:
-            ms = -(-ms // 10) * 10 if ms < 10_000 else -(-ms // 100) * 100
-        requests_reset = (_RESET_REQUESTS, _RESETS.get(ms) or _encode_reset(ms))
+        requests_reset = (_RESET_REQUESTS, _reset_bytes(requests_reset_s))
         requests_left = (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0))
         if tpm is None:
             return [limits.limit_headers[1], requests_left, requests_reset]
     elif tpm is None:
         return []
-    ms = math.ceil(tokens_reset_s * 1000 - 1e-6)
-    if ms >= 1000:
-        ms = -(-ms // 10) * 10 if ms < 10_000 else -(-ms // 100) * 100
-    tokens_reset = (_RESET_TOKENS, _RESETS.get(ms) or _encode_reset(ms))
+    tokens_reset = (_RESET_TOKENS, _reset_bytes(tokens_reset_s))
     tokens_left = (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0))
     if rpm is None:
         return [limits.limit_headers[0], tokens_left, tokens_reset]
@@ -338,11 +335,15 @@ class _KeyState:
 
     def prune_usage(self, now: float) -> None:
         """Forget the requests and token buckets that left the window."""
+        self.prune_requests(now)
+        self.prune_buckets(now)
+
+    def prune_requests(self, now: float) -> None:
+        """Forget the requests that left the window."""
         requests = self.requests
         horizon = now - WINDOW_S
         while requests and requests[0] <= horizon:
             requests.popleft()
-        self.prune_buckets(now)
 
     def prune_buckets(self, now: float) -> None:
         """Forget the token buckets that left the window; note the current second."""
@@ -413,8 +414,7 @@ class MemoryLimiter:
     def acquire_now(self, key: str, limits: Limits, estimated_tokens: int) -> Decision:
         """``acquire`` without the coroutine, for callers that are not async.
 
-        Every limited request runs this: it is written for few instructions
-        (see ``bench/inprocess.py --instructions``), the pruning inline.
+        Every limited request runs this (see ``bench/inprocess.py --instructions``).
         """
         if limits.empty:
             return _unlimited(key)
@@ -426,10 +426,8 @@ class MemoryLimiter:
             state = self._keys[key] = _KeyState()
         if now >= state.next_slot:
             state.prune_buckets(now)
+        state.prune_requests(now)
         requests = state.requests
-        horizon = now - WINDOW_S
-        while requests and requests[0] <= horizon:
-            requests.popleft()
         estimate = estimated_tokens if estimated_tokens > 0 else 0
         rpm, tpm, conc = limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent
         inflight = state.inflight
@@ -459,13 +457,7 @@ class MemoryLimiter:
         reservation = new_reservation(Reservation, (key, "m", slot, tokens, None, number))
         if rpm is None and tpm is None:
             return new_decision(Decision, (True, None, 0.0, [], reservation))
-        headers = rate_headers(  # requests holds this one when rpm is set, buckets when tpm is
-            limits,
-            len(requests),
-            (requests[0] if requests else now) + WINDOW_S - now,
-            state.tokens,
-            state.low + WINDOW_S + 1 - now,
-        )
+        headers = self._headers(state, limits, now)
         return new_decision(Decision, (True, None, 0.0, headers, reservation))
 
     @staticmethod
