@@ -330,13 +330,9 @@ class _KeyState:
 
     def prune(self, now: float) -> None:
         """Forget requests, buckets and reservations that left the window."""
-        self.prune_usage(now)
-        self.prune_inflight(now)
-
-    def prune_usage(self, now: float) -> None:
-        """Forget the requests and token buckets that left the window."""
         self.prune_requests(now)
         self.prune_buckets(now)
+        self.prune_inflight(now)
 
     def prune_requests(self, now: float) -> None:
         """Forget the requests that left the window."""
