@@ -268,28 +268,48 @@ async def test_settle_twice_is_harmless(limiter: RateLimiter) -> None:
 
 async def test_headers_count_down(limiter: RateLimiter, clock: FakeClock) -> None:
     limits = Limits(requests_per_minute=3, tokens_per_minute=100)
-    # (requests left, requests reset, tokens left, tokens reset) at t = 0, 0.5, 1 s
-    expected = [
-        ("2", "1m0s", "90", "1m1s"),
-        ("1", "59.5s", "80", "1m0.5s"),
-        ("0", "59s", "70", "1m0s"),
-    ]
-    for i, (requests_left, requests_reset, tokens_left, tokens_reset) in enumerate(expected):
+    # An admitted request is the newest use: the limits are back to their initial
+    # state ("reset", as OpenAI defines it) when it leaves the window, 60 s on,
+    # and its tokens' one-second bucket 60 to 61 s on (rounded up to the second).
+    for i, (requests_left, tokens_left) in enumerate([("2", "90"), ("1", "80"), ("0", "70")]):
         clock.at(i * 0.5)
         decision = await _admit(limiter, "k", limits, 10)
         assert decision.headers == {
             "x-ratelimit-limit-requests": "3",
             "x-ratelimit-remaining-requests": requests_left,
-            "x-ratelimit-reset-requests": requests_reset,
+            "x-ratelimit-reset-requests": "1m0s",
             "x-ratelimit-limit-tokens": "100",
             "x-ratelimit-remaining-tokens": tokens_left,
-            "x-ratelimit-reset-tokens": tokens_reset,
+            "x-ratelimit-reset-tokens": "1m1s",
         }, i
-    clock.at(2)
+    clock.at(2.25)
     refused = await _refused(limiter, "k", limits, 10)
-    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
-    assert refused.headers["x-ratelimit-reset-requests"] == "58s"
-    assert refused.headers["x-ratelimit-remaining-tokens"] == "70"
+    assert refused.headers == {
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "58.8s",  # the newest, of t=1, leaves at 61 (rounded up)
+        "x-ratelimit-limit-tokens": "100",
+        "x-ratelimit-remaining-tokens": "70",
+        "x-ratelimit-reset-tokens": "59.8s",  # its bucket, of second 1, at 62
+    }
+    assert refused.retry_after_s == pytest.approx(57.75)  # the oldest, of t=0, leaves at 60
+
+
+async def test_refusal_resets_follow_the_newest_use(limiter: RateLimiter, clock: FakeClock) -> None:
+    limits = Limits(requests_per_minute=2, tokens_per_minute=1000)
+    await _admit(limiter, "k", limits, 100)
+    clock.at(30.5)
+    await _admit(limiter, "k", limits, 100)
+    clock.at(59.996)
+    refused = await _refused(limiter, "k", limits, 100)
+    assert refused.headers["x-ratelimit-reset-requests"] == "30.6s"  # 30.504, rounded up
+    assert refused.headers["x-ratelimit-reset-tokens"] == "31.1s"  # second 30's bucket: 31.004
+    clock.at(89.75)  # only the second request counts; its bucket left at 91
+    refused = await _refused(limiter, "k", Limits(requests_per_minute=1), 0)
+    assert refused.headers["x-ratelimit-reset-requests"] == "750ms"
+    nothing = await _refused(limiter, "other", Limits(requests_per_minute=0, tokens_per_minute=5))
+    assert nothing.headers["x-ratelimit-reset-requests"] == "0s"  # nothing counted: at rest
+    assert nothing.headers["x-ratelimit-reset-tokens"] == "0s"
 
 
 async def test_headers_only_for_set_limits(limiter: RateLimiter) -> None:

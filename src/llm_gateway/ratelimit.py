@@ -24,10 +24,15 @@ concurrency) and a ``retry_after_s`` after which every refusing limit has room
 again (for concurrency, which frees on another request's settle, at least 1 s).
 
 The response headers follow OpenAI's ``x-ratelimit-{limit,remaining,reset}-
-{requests,tokens}``; "reset" is the time until the oldest counted use leaves the
-window (when capacity next grows), formatted like OpenAI's ("20ms", "1.5s",
-"6m0s") and rounded up: to the millisecond under 1 s, to 10 ms under 10 s,
-to 0.1 s beyond.
+{requests,tokens}``. "reset" means what OpenAI's documentation says: the time
+until the limit "resets to its initial state", i.e. until nothing counted now
+is counted any more, if nothing more is used: until the *newest* counted use
+leaves the window. (When capacity next grows, the oldest leaving, is what a
+refused caller needs, and ``Retry-After`` says it.) An admitted request is the
+newest use, so its resets are always the same: 60 s for requests, and for
+tokens the 60 to 61 s its bucket counts, rounded up to "1m1s". Formatted
+like OpenAI's ("20ms", "1.5s", "6m0s") and rounded up: to the millisecond
+under 1 s, to 10 ms under 10 s, to 0.1 s under a minute, to the second beyond.
 
 Two interchangeable backends implement ``RateLimiter``:
 
@@ -247,16 +252,17 @@ _RESETS_MAX = 10_000
 
 def _reset_bytes(seconds: float) -> bytes:
     """A reset header's value, rounded up (waiting that long is enough): to the
-    millisecond under 1 s, to 10 ms under 10 s, to 0.1 s beyond.
-
-    Encoded once per value: a window holds about 2,400 such values, where to
-    the millisecond it held 61,000, and a key's first minute of traffic (its
-    oldest request moving every millisecond) missed a cache of 4,096 at one
-    request in two, each miss a formatting of a microsecond.
+    millisecond under 1 s, to 10 ms under 10 s, to 0.1 s under a minute, to
+    the second beyond. Encoded once per value (a window holds ~2,000 of them).
     """
     ms = _ms(seconds)
     if ms >= 1000:
-        ms = -(-ms // 10) * 10 if ms < 10_000 else -(-ms // 100) * 100
+        if ms < 10_000:
+            ms = -(-ms // 10) * 10
+        elif ms < 60_000:
+            ms = -(-ms // 100) * 100
+        else:
+            ms = -(-ms // 1000) * 1000
     value = _RESETS.get(ms)
     if value is None:
         if len(_RESETS) >= _RESETS_MAX:
@@ -268,34 +274,46 @@ def _reset_bytes(seconds: float) -> bytes:
 RawHeaders = list[tuple[bytes, bytes]]
 """Response headers as ASGI sends them: lower-case names and values, in bytes."""
 
+ResetHeaders = tuple[tuple[bytes, bytes], tuple[bytes, bytes]]
+"""The x-ratelimit-reset-requests and -tokens headers, ready to send."""
+
+
+def reset_headers(requests_reset_s: float, tokens_reset_s: float) -> ResetHeaders:
+    """The reset headers for the seconds until the newest counted request and
+    the newest token bucket leave the window (rounded by ``_reset_bytes``)."""
+    return (
+        (_RESET_REQUESTS, _reset_bytes(requests_reset_s)),
+        (_RESET_TOKENS, _reset_bytes(tokens_reset_s)),
+    )
+
+
+ADMITTED_RESETS = reset_headers(WINDOW_S, WINDOW_S + 1)
+"""An admitted request's resets: it is the newest use, and counts for the whole
+window ("1m0s"); its tokens' bucket, for 60 to 61 s more ("1m1s")."""
+
 
 def rate_headers(
-    limits: Limits,
-    requests: int,
-    requests_reset_s: float,
-    tokens: int,
-    tokens_reset_s: float,
+    limits: Limits, requests: int, tokens: int, resets: ResetHeaders = ADMITTED_RESETS
 ) -> RawHeaders:
     """OpenAI's x-ratelimit-* headers for the limits that are set, ready to send.
 
     ``requests`` and ``tokens`` are the current usage in the window (including
-    this request when it was admitted); the resets are the seconds until the
-    oldest counted use leaves the window (rounded by ``_reset_bytes``).
+    this request when it was admitted); ``resets`` from ``reset_headers``, or
+    ``ADMITTED_RESETS`` for an admitted request.
     """
     rpm = limits.requests_per_minute
     tpm = limits.tokens_per_minute
     if rpm is not None:
-        requests_reset = (_RESET_REQUESTS, _reset_bytes(requests_reset_s))
         requests_left = (_REMAINING_REQUESTS, b"%d" % (rpm - requests if requests < rpm else 0))
         if tpm is None:
-            return [limits.limit_headers[1], requests_left, requests_reset]
+            return [limits.limit_headers[1], requests_left, resets[0]]
     elif tpm is None:
         return []
-    tokens_reset = (_RESET_TOKENS, _reset_bytes(tokens_reset_s))
     tokens_left = (_REMAINING_TOKENS, b"%d" % (tpm - tokens if tokens < tpm else 0))
     if rpm is None:
-        return [limits.limit_headers[0], tokens_left, tokens_reset]
+        return [limits.limit_headers[0], tokens_left, resets[1]]
     limit_tokens, limit_requests = limits.limit_headers
+    requests_reset, tokens_reset = resets
     return [limit_tokens, tokens_left, tokens_reset, limit_requests, requests_left, requests_reset]
 
 
@@ -433,9 +451,8 @@ class MemoryLimiter:
             and (conc is None or len(inflight) < conc or state.prune_inflight(now) < conc)
         ):
             reason, retry = self._check(state, limits, estimate, now)
-            return new_decision(
-                Decision, (False, reason, retry, self._headers(state, limits, now), None)
-            )
+            headers = rate_headers(limits, len(requests), state.tokens, self._resets(state, now))
+            return new_decision(Decision, (False, reason, retry, headers, None))
         # Admitted: count the request, reserve its tokens, take a concurrency slot.
         buckets = state.buckets
         slot = state.slot
@@ -453,19 +470,17 @@ class MemoryLimiter:
         reservation = new_reservation(Reservation, (key, "m", slot, tokens, None, number))
         if rpm is None and tpm is None:
             return new_decision(Decision, (True, None, 0.0, [], reservation))
-        headers = self._headers(state, limits, now)
+        headers = rate_headers(limits, len(requests), state.tokens)
         return new_decision(Decision, (True, None, 0.0, headers, reservation))
 
     @staticmethod
-    def _headers(state: _KeyState, limits: Limits, now: float) -> RawHeaders:
-        """The key's x-ratelimit-* headers as of ``now``."""
-        requests = state.requests
-        return rate_headers(
-            limits,
-            len(requests),
-            requests[0] + WINDOW_S - now if requests else WINDOW_S,
-            state.tokens,
-            state.low + WINDOW_S + 1 - now if state.buckets else 0.0,
+    def _resets(state: _KeyState, now: float) -> ResetHeaders:
+        """The reset headers as of ``now``: until the key's newest request and
+        newest token bucket leave the window (0 s for none)."""
+        requests, buckets = state.requests, state.buckets
+        return reset_headers(
+            requests[-1] + WINDOW_S - now if requests else 0.0,
+            next(reversed(buckets)) + WINDOW_S + 1 - now if buckets else 0.0,
         )
 
     @staticmethod

@@ -41,6 +41,7 @@ from llm_gateway.ratelimit import (
     new_decision,
     new_reservation,
     rate_headers,
+    reset_headers,
 )
 from llm_gateway.resp import RespClient, RespError
 
@@ -64,6 +65,9 @@ LEASE_SHARE = 8
 """A lease takes at most 1/LEASE_SHARE of what is left of each limit."""
 LEASE_MIN_S = 0.01
 """No lease is granted with less than this left of the current second."""
+LEASED_RESETS = reset_headers(WINDOW_S + 1, WINDOW_S + 1)
+"""A leased admission's resets: its request is logged at the end of its second,
+so it counts, like its tokens' bucket, for 60 to 61 s ("1m1s")."""
 NOT_GRANTED_S = 1.0
 """After a lease was asked for and not granted (near a limit), none is asked for this long."""
 LEASE_GRACE_S = 5.0
@@ -82,7 +86,8 @@ _BATCH_LUA = """
 -- running total, so replicas of both versions do not misread each other's
 -- hash during a rolling upgrade), <base>:c the in-flight reservations (zset
 -- id -> expiry). Replies, in call order: per admission {reason, retry ms,
--- requests, requests reset ms, tokens, tokens reset ms, slot, lease size,
+-- requests, requests reset ms, tokens, tokens reset ms (the resets of a
+-- refusal; 0 for an admission), slot, lease size,
 -- lease ms (-1: none, too near a limit)}; per settlement or lease return 1
 -- (applied) or 0 (settled already, or expired; returned already).
 --
@@ -231,9 +236,6 @@ local function requests_of(st)
   if st.nreq == nil then
     redis.call('ZREMRANGEBYSCORE', st.kr, '-inf', now - window)
     st.nreq = redis.call('ZCARD', st.kr)
-    if st.nreq > 0 then
-      st.oldest = tonumber(redis.call('ZRANGE', st.kr, 0, 0, 'WITHSCORES')[2])
-    end
   end
 end
 
@@ -274,11 +276,10 @@ local function acquire(st, id, rpm, tpm, conc, est, want)
     if after > retry then retry = after end
   end
 
-  local nreq, req_reset = 0, window
+  local nreq = 0
   if rpm >= 0 then
     requests_of(st)
     nreq = st.nreq + #st.radd + #st.lreq
-    if st.oldest ~= nil then req_reset = st.oldest + window - now end
     if nreq >= rpm then
       local after = window
       if rpm > 0 then
@@ -292,11 +293,10 @@ local function acquire(st, id, rpm, tpm, conc, est, want)
     end
   end
 
-  local used, tok_reset = 0, 0
+  local used = 0
   if tpm >= 0 then
     tokens_of(st)
     used = st.used
-    if st.low ~= nil then tok_reset = st.low + window + 1 - now end
     if used + est > tpm then
       local after = window
       if est <= tpm then
@@ -318,6 +318,29 @@ local function acquire(st, id, rpm, tpm, conc, est, want)
   local inflight = st.conc + #st.cadd + #st.lconc
   if conc >= 0 and inflight >= conc then refuse(3, 1) end
 
+  -- Refused: the resets (until the newest counted request and token bucket
+  -- leave the window; an admission's are always the same, and not sent).
+  local req_reset, tok_reset = 0, 0
+  if reason ~= 0 then
+    if rpm >= 0 then
+      local newest
+      if #st.lreq > 0 then newest = slot + 1
+      elseif #st.radd > 0 then newest = now end
+      if st.nreq > 0 then
+        local stored = tonumber(redis.call('ZRANGE', st.kr, -1, -1, 'WITHSCORES')[2])
+        if newest == nil or stored > newest then newest = stored end
+      end
+      if newest ~= nil then req_reset = newest + window - now end
+    end
+    if tpm >= 0 and st.low ~= nil then
+      local s = slot
+      if st.tadd == 0 then
+        while s > st.low and redis.call('HEXISTS', st.kt, s) == 0 do s = s - 1 end
+      end
+      tok_reset = s + window + 1 - now
+    end
+  end
+
   if reason == 0 then
     if rpm >= 0 then
       st.radd[#st.radd + 1] = id
@@ -326,10 +349,7 @@ local function acquire(st, id, rpm, tpm, conc, est, want)
     if tpm >= 0 then
       st.tadd = st.tadd + est
       st.twrite = true
-      if st.low == nil then
-        st.low, st.tlow = slot, true
-        tok_reset = slot + window + 1 - now
-      end
+      if st.low == nil then st.low, st.tlow = slot, true end
       st.used = used + est
       used = st.used
     end
@@ -465,14 +485,11 @@ class _Lease:
     limits: Limits
     size: int
     slot: int
-    granted_at: float
     until: float
     pool: int
     tokens_left: int
     requests: int
-    requests_reset_s: float
     tokens: int
-    tokens_reset_s: float
     next: int = 1
     held: set[int] = field(default_factory=set)
     back: int = 0
@@ -497,13 +514,8 @@ class _Lease:
             tokens = estimate
         self.next = i + 1
         self.held.add(i)
-        elapsed = now - self.granted_at
         headers = rate_headers(
-            limits,
-            self.requests + i,
-            self.requests_reset_s - elapsed,
-            self.tokens + self.pool - self.tokens_left,
-            self.tokens_reset_s - elapsed,
+            limits, self.requests + i, self.tokens + self.pool - self.tokens_left, LEASED_RESETS
         )
         reservation = new_reservation(Reservation, (self.key, self.id, self.slot, tokens, self, i))
         return new_decision(Decision, (True, None, 0.0, headers, reservation))
@@ -658,7 +670,7 @@ class RedisLimiter:
     ) -> None:
         """Hand out the admissions a reply granted, until the lease ends (the
         time is counted from before the call, so it ends before Redis's second)."""
-        _, _, _, requests_reset_ms, _, tokens_reset_ms, slot, size, lease_ms = raw
+        slot, size, lease_ms = raw[6:9]
         pool = estimate * size if limits.tokens_per_minute is not None else 0
         requests, tokens = _usage_without_lease(limits, estimate, raw)
         lease = _Lease(
@@ -667,14 +679,11 @@ class RedisLimiter:
             limits=limits,
             size=size,
             slot=slot,
-            granted_at=asked_at,
             until=asked_at + lease_ms / 1000,
             pool=pool,
             tokens_left=pool,
             requests=requests,
-            requests_reset_s=requests_reset_ms / 1000,
             tokens=tokens,
-            tokens_reset_s=tokens_reset_ms / 1000,
         )
         self._leases[key] = lease
         self._open.add(lease)
@@ -720,11 +729,11 @@ class RedisLimiter:
         granted with it, which the lease's own admissions count)."""
         code, retry_ms, _, requests_reset_ms, _, tokens_reset_ms, slot, _, _ = raw
         requests, tokens = _usage_without_lease(limits, estimate, raw)
-        headers = rate_headers(
-            limits, requests, requests_reset_ms / 1000, tokens, tokens_reset_ms / 1000
-        )
         if code:
+            resets = reset_headers(requests_reset_ms / 1000, tokens_reset_ms / 1000)
+            headers = rate_headers(limits, requests, tokens, resets)
             return Decision(False, _REASONS[code], retry_ms / 1000, headers, None)
+        headers = rate_headers(limits, requests, tokens)
         reserved = None if limits.tokens_per_minute is None else estimate
         reservation = new_reservation(Reservation, (key, rid, slot, reserved, None, 0))
         return new_decision(Decision, (True, None, 0.0, headers, reservation))
