@@ -125,6 +125,10 @@ async def test_leased_headers_count_down_as_asked_ones_do(prefix: str) -> None:
                 )
             )
         assert _reservation(decision).lease is not None
+        # A leased request is logged at the end of its second: it counts, like
+        # its tokens, for 60 to 61 s, and the resets say so (rounded up).
+        assert decision.headers["x-ratelimit-reset-requests"] == "1m1s"
+        assert decision.headers["x-ratelimit-reset-tokens"] == "1m1s"
         assert remaining == [
             ("999", "999900"),
             ("998", "999800"),
