@@ -246,14 +246,10 @@ def _format_ms(ms: int) -> str:
     return f"{minutes // 60}h{minutes % 60}m{text}"
 
 
-_RESETS: dict[int, bytes] = {}
-_RESETS_MAX = 10_000
-
-
 def _reset_bytes(seconds: float) -> bytes:
     """A reset header's value, rounded up (waiting that long is enough): to the
     millisecond under 1 s, to 10 ms under 10 s, to 0.1 s under a minute, to
-    the second beyond. Encoded once per value (a window holds ~2,000 of them).
+    the second beyond. Only refusals compute theirs (admissions' are constants).
     """
     ms = _ms(seconds)
     if ms >= 1000:
@@ -263,12 +259,7 @@ def _reset_bytes(seconds: float) -> bytes:
             ms = -(-ms // 100) * 100
         else:
             ms = -(-ms // 1000) * 1000
-    value = _RESETS.get(ms)
-    if value is None:
-        if len(_RESETS) >= _RESETS_MAX:
-            _RESETS.clear()
-        value = _RESETS[ms] = _format_ms(ms).encode()
-    return value
+    return _format_ms(ms).encode()
 
 
 RawHeaders = list[tuple[bytes, bytes]]
