@@ -27,9 +27,10 @@ request runs more code than the L1 cache holds, and each line of code it
 runs costs a miss of ~10 ns here; 42k instructions of a tight loop cost 6 us,
 the limiter's 44k and 1,100 misses 17 to 24 us: docs/performance.md), so
 count a change by both. Work whose amount follows the clock is overweighted
-too: a cache keyed by time (the x-ratelimit reset values) sees its value
-change 50x as often per request, so its formatting shows as thousands of
-instructions that at full speed come to a few a request. INPROCESS_CALLGRIND_KEEP=FILE keeps
+too: a cache keyed by time (as the x-ratelimit reset values were, when
+admissions computed theirs) sees its value change 50x as often per request,
+so its formatting shows as thousands of instructions that at full speed come
+to a few a request. INPROCESS_CALLGRIND_KEEP=FILE keeps
 callgrind's output (callgrind_annotate FILE: where the instructions go).
 
     .venv/bin/python bench/inprocess.py memory --instructions [--requests 1000]
