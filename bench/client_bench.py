@@ -24,7 +24,7 @@ import aiohttp
 import httpx
 import orjson
 
-from llm_gateway.backends.http1 import HttpClient
+from llm_gateway.backends.upstream.http1 import HttpClient
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}

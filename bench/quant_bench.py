@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llm_gateway.core.model_specs import builtin_model_path
 from llm_gateway.engine.llama import (
     FTYPES,
     Batch,
@@ -36,7 +37,6 @@ from llm_gateway.engine.llama import (
     quantize,
 )
 from llm_gateway.engine.template import ChatTemplate
-from llm_gateway.models import builtin_model_path
 from llm_gateway.types import Message
 
 TYPES = ("q4_1", "q4_0", "q8_0")

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from llm_gateway.resp import RespClient
+from llm_gateway.limits.resp import RespClient
 
 SCRIPT = "return ARGV[1]"
 

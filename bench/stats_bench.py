@@ -39,10 +39,11 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from llm_gateway.stats import Scope, UsageStats
 from llm_gateway.store.database import create_engine, migrate
-from llm_gateway.usage import INSERT_COLUMNS, latency_bucket
-from llm_gateway.usage_columns import UsageColumns
+from llm_gateway.usage.columns import UsageColumns
+from llm_gateway.usage.histograms import latency_bucket
+from llm_gateway.usage.record import INSERT_COLUMNS
+from llm_gateway.usage.stats import Scope, UsageStats
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

@@ -1,4 +1,4 @@
-"""Settings, the models file, MODEL_PATH, the JWT secret and the command line."""
+"""Settings, the JWT secret and the command line."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from llm_gateway import Settings, create_app
+from llm_gateway.auth.secret import ensure_jwt_secret
 from llm_gateway.cli import main
-from llm_gateway.jwt_secret import ensure_jwt_secret
-from llm_gateway.models import ConfigError, Registry, builtin_model_path, load_specs
-from tests.conftest import ADMIN_KEY, admin_client
+from tests.conftest import ADMIN_KEY
 
 
 def test_seed_environment_names_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,85 +26,10 @@ def test_seed_environment_names_are_honoured(monkeypatch: pytest.MonkeyPatch) ->
     assert s.model_path == Path("/models/x.gguf")
 
 
-def test_models_file_with_aliases(tmp_path: Path) -> None:
-    config = tmp_path / "models.yaml"
-    config.write_text(
-        "models:\n"
-        "  - name: local\n"
-        "    aliases: [llama-3.1-8b-instruct]\n"
-        "    ctx_size: 2048\n"
-        "  - name: echo\n"
-        "    backend: dummy\n"
-    )
-    specs = load_specs(Settings(config=config, data_dir=tmp_path))
-    assert [s.name for s in specs] == ["local", "echo"]
-    assert specs[0].path == builtin_model_path() and specs[0].overrides == {"ctx_size": 2048}
-    assert specs[0].aliases == ("llama-3.1-8b-instruct",)
-    assert specs[0].quantize == "q8_0"  # the built-in model's measured default
-
-
-def test_global_quantize_setting_wins(tmp_path: Path) -> None:
-    from llm_gateway.backends.upstream_config import HttpPool
-    from llm_gateway.models import build_backend
-
-    spec = load_specs(Settings(data_dir=tmp_path))[0]
-    assert spec.quantize == "q8_0"
-    backend = build_backend(spec, Settings(data_dir=tmp_path, quantize="none"), HttpPool())
-    assert backend.options.quantize == "none"  # type: ignore[attr-defined]
-
-
-def test_alias_reaches_the_model_through_the_api(tmp_path: Path) -> None:
-    config = tmp_path / "models.yaml"
-    config.write_text("models:\n  - {name: dummy, backend: dummy, aliases: [llama-3.1-8b]}\n")
-    with admin_client(Settings(config=config, data_dir=tmp_path, admin_key=ADMIN_KEY)) as client:
-        r = client.post(
-            "/api/chat",
-            json={
-                "model": "LLAMA-3.1-8B:latest",
-                "stream": False,
-                "messages": [{"role": "user", "content": "hi"}],
-            },
-        )
-        assert r.json()["message"]["content"] == "hi"
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("models:\n  - {name: a, backend: warp}\n", "backend"),
-        ("models:\n  - {name: a, colour: red}\n", "colour"),
-        ("models: [", "invalid"),
-        ("models:\n  - {name: a, backend: dummy}\n  - {name: A, backend: dummy}\n", "twice"),
-    ],
-)
-def test_bad_models_file_is_explained(tmp_path: Path, text: str, message: str) -> None:
-    config = tmp_path / "models.yaml"
-    config.write_text(text)
-    with pytest.raises(ConfigError, match=message):
-        create_app(Settings(config=config, data_dir=tmp_path))
-
-
-def test_model_path_folder_lists_each_gguf(tmp_path: Path) -> None:
-    (tmp_path / "A.gguf").write_bytes(b"")
-    (tmp_path / "b.gguf").write_bytes(b"")
-    specs = load_specs(Settings(model_path=tmp_path, data_dir=tmp_path))
-    assert [s.name for s in specs] == ["a", "b"]
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_specs(Settings(model_path=tmp_path / "missing.gguf", data_dir=tmp_path))
-
-
 def test_jwt_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
     first = ensure_jwt_secret(None, tmp_path)
     assert len(first) >= 32 and ensure_jwt_secret(None, tmp_path) == first
     assert ensure_jwt_secret("given", tmp_path) == "given"
-
-
-def test_registry_resolution_is_case_insensitive_and_tag_tolerant() -> None:
-    from llm_gateway.backends.dummy import DummyBackend
-    from llm_gateway.models import ModelEntry, ModelSpec
-
-    reg = Registry([ModelEntry(ModelSpec("m", "dummy", aliases=("x",)), DummyBackend())])
-    assert reg.resolve("M:latest").name == "m" and reg.resolve("x").name == "m"
 
 
 def test_help_describes_every_setting() -> None:

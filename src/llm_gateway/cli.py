@@ -23,8 +23,8 @@ from llm_gateway.settings import Settings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from llm_gateway.keys import KeyStore
-    from llm_gateway.ratelimit import Limits
+    from llm_gateway.auth.keys import KeyStore
+    from llm_gateway.limits.base import Limits
 
 
 def _env_name(name: str) -> str:
@@ -113,7 +113,7 @@ def _with_engine(action: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:
 
 def _with_store(action: Callable[[KeyStore], Awaitable[Any]]) -> Any:
     """Run an action on the configured key store."""
-    from llm_gateway.keys import KeyStore
+    from llm_gateway.auth.keys import KeyStore
 
     return _with_engine(lambda engine: action(KeyStore(engine)))
 
@@ -151,7 +151,7 @@ def keys_create(
     expires_in_days: float | None,
 ) -> None:
     """Create a key and print it (its secret is shown only this once)."""
-    from llm_gateway.keys import NewKey
+    from llm_gateway.auth.keys import NewKey
 
     expires = None
     if expires_in_days is not None:
@@ -174,7 +174,7 @@ def keys_create(
 
 def _parse_model_limit(text: str) -> tuple[str, Limits]:
     """'smollm2:rpm=10,tpm=5000,concurrency=2' -> ('smollm2', Limits(10, 5000, 2))."""
-    from llm_gateway.ratelimit import Limits
+    from llm_gateway.limits.base import Limits
 
     model, sep, spec = text.rpartition(":")
     values: dict[str, int] = {}
@@ -251,9 +251,9 @@ def usage_export(since: str, until: str | None, fmt: str, user: str | None, outp
 
     import orjson
 
-    from llm_gateway.api.stats import parse_time
+    from llm_gateway.api.manage.stats import parse_time
     from llm_gateway.errors import InvalidRequest
-    from llm_gateway.usage import EXPORT_COLUMNS, export_rows
+    from llm_gateway.usage.export import EXPORT_COLUMNS, export_rows
 
     now = _time.time()
     try:
@@ -287,7 +287,7 @@ def usage_prune(older_than_days: float) -> None:
     """Delete old usage records now (GATEWAY_USAGE_RETENTION_DAYS does it hourly)."""
     import time as _time
 
-    from llm_gateway.usage import delete_usage_before
+    from llm_gateway.usage.export import delete_usage_before
 
     before = _time.time() - older_than_days * 86_400
     deleted = _with_engine(lambda engine: delete_usage_before(engine, before))
@@ -323,9 +323,9 @@ def token_create(
     model_limits: tuple[str, ...],
 ) -> None:
     """Mint an HS256 token signed with JWT_SECRET (or the data directory's secret)."""
-    from llm_gateway.auth import mint_token
-    from llm_gateway.jwt_secret import ensure_jwt_secret
-    from llm_gateway.ratelimit import Limits
+    from llm_gateway.auth.secret import ensure_jwt_secret
+    from llm_gateway.auth.tokens import mint_token
+    from llm_gateway.limits.base import Limits
 
     settings = _settings()
     secret = ensure_jwt_secret(settings.jwt_secret, settings.data_dir)

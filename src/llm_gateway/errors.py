@@ -14,14 +14,18 @@
     ├── UpstreamError              502     upstream_error
     └── UpstreamUnavailable        503     service_unavailable (Retry-After)
 
+    ConfigError (a ValueError)     the settings or models file are unusable (at start-up)
+
 Each error knows its HTTP status, an OpenAI-style `type`, an optional `code`
-and `param`, and any extra response headers. Converters never build error
-bodies themselves: they call `to_openai_body()` / `to_ollama_body()`.
+and `param`, and any extra response headers. Each protocol renders them in its own shape
+(`api/openai`, `api/ollama`: `error_body()`); nothing here knows a wire format.
 """
 
 from __future__ import annotations
 
-from typing import Any
+
+class ConfigError(ValueError):
+    """The models file or model settings are unusable; the message says why."""
 
 
 class GatewayError(Exception):
@@ -45,21 +49,6 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or {}
-
-    def to_openai_body(self) -> dict[str, Any]:
-        """OpenAI's error envelope: {"error": {message, type, param, code}}."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def to_ollama_body(self) -> dict[str, Any]:
-        """Ollama's error envelope: {"error": "..."}."""
-        return {"error": self.message}
 
 
 class InvalidRequest(GatewayError):

@@ -10,8 +10,8 @@ from types import FrameType
 import uvicorn
 
 from llm_gateway.app import create_app
-from llm_gateway.http_server import GatewayHttpProtocol
-from llm_gateway.models import ConfigError
+from llm_gateway.edge.http_server import GatewayHttpProtocol
+from llm_gateway.errors import ConfigError
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
 

@@ -12,22 +12,24 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
-from llm_gateway.models import Registry
-from llm_gateway.service import InferenceService
+from llm_gateway.core.registry import Registry
+from llm_gateway.core.service import InferenceService
 from llm_gateway.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from llm_gateway.auth import Authenticator
-    from llm_gateway.keys import KeyStore
-    from llm_gateway.metrics import GatewayMetrics
-    from llm_gateway.stats import UsageStats
-    from llm_gateway.usage import UsageRecorder
+    from llm_gateway.auth.authenticator import Authenticator
+    from llm_gateway.auth.keys import KeyStore
+    from llm_gateway.usage.metrics import GatewayMetrics
+    from llm_gateway.usage.recorder import UsageRecorder
+    from llm_gateway.usage.stats import UsageStats
 
 
 @dataclass
 class GatewayState:
+    """See the module docstring; the store's parts are None until the lifespan opens it."""
+
     settings: Settings
     registry: Registry
     service: InferenceService

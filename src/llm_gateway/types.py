@@ -2,7 +2,8 @@
 
 Protocol converters (api/openai, api/ollama) turn wire bodies into a
 `GenerationRequest` and turn `Chunk`s back into wire events; backends consume
-requests and yield chunks. Nothing here knows about HTTP.
+requests and yield chunks, and describe their model with `ModelDetails`.
+Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -91,3 +92,18 @@ class Chunk:
     text: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class ModelDetails:
+    """What /api/tags, /api/show and /v1/models say about a model."""
+
+    family: str = ""
+    parameter_size: str = ""
+    quantization_level: str = ""
+    format: str = "gguf"
+    size_bytes: int = 0
+    context_length: int = 0
+    digest: str = ""
+    chat_template: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,32 +1,20 @@
 """The backend contract: stream(request) -> chunks, plus lifecycle and description.
 
-A non-streaming call collects the stream. Cancellation is the consumer closing
-the async iterator (or its task being cancelled): a backend must then stop
-generating and free what the request held.
+A non-streaming call collects the stream, unless the backend has a cheaper way
+to answer whole (``complete``). Cancellation is the consumer closing the async
+iterator (or its task being cancelled): a backend must then stop generating
+and free what the request held.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from llm_gateway.types import Chunk, GenerationRequest
+from llm_gateway.types import Chunk, GenerationRequest, ModelDetails
 
-
-@dataclass(slots=True)
-class ModelDetails:
-    """What /api/tags, /api/show and /v1/models say about a model."""
-
-    family: str = ""
-    parameter_size: str = ""
-    quantization_level: str = ""
-    format: str = "gguf"
-    size_bytes: int = 0
-    context_length: int = 0
-    digest: str = ""
-    chat_template: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
+WholeAnswer = Callable[[GenerationRequest], Awaitable[Chunk]]
+"""A backend's ``complete``: the whole answer as one final chunk."""
 
 
 class Backend(Protocol):
@@ -40,6 +28,13 @@ class Backend(Protocol):
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Generate; the last chunk carries finish_reason and usage."""
+
+    @property
+    def complete(self) -> WholeAnswer | None:
+        """For a non-streaming request: the whole answer in one call, where the
+        backend has a cheaper way than its stream (an upstream asked without
+        ``stream`` answers in one body, and no async generator is needed on the
+        way); None: the service collects ``stream``."""
 
     @property
     def ready(self) -> bool:

@@ -16,9 +16,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llm_gateway.backends.base import ModelDetails
+from llm_gateway.backends.registry import BackendKind, BackendKinds, BuildContext
+from llm_gateway.backends.spec import ModelSpec
 from llm_gateway.errors import BackendError
-from llm_gateway.types import Chunk, FinishReason, GenerationRequest, Usage
+from llm_gateway.types import Chunk, FinishReason, GenerationRequest, ModelDetails, Usage
 
 DUMMY_MODELS = ("dummy", "dummy-echo", "dummy-slow", "dummy-error", "dummy-midstream")
 
@@ -38,8 +39,19 @@ def _apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def build(spec: ModelSpec, context: BuildContext) -> DummyBackend:
+    """The behaviour is the model's name (an unknown name behaves as ``dummy``)."""
+    return DummyBackend(spec.name)
+
+
+def register(kinds: BackendKinds) -> None:
+    kinds.add(BackendKind("dummy", build))
+
+
 class DummyBackend:
     """See the module docstring."""
+
+    complete = None  # non-streaming requests collect the stream
 
     def __init__(self, behaviour: str = "dummy") -> None:
         self.behaviour = behaviour

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_gateway.backends.base import ModelDetails
+from llm_gateway.backends.registry import BackendKind, BackendKinds, BuildContext
+from llm_gateway.backends.spec import ModelSpec
 from llm_gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, NotReady
-from llm_gateway.types import Chunk, GenerationRequest, Message, Sampling
+from llm_gateway.types import Chunk, GenerationRequest, Message, ModelDetails, Sampling
 
 if TYPE_CHECKING:
+    from llm_gateway.engine.job import Job
     from llm_gateway.engine.llama import Context, Model, Sampler, SamplerConfig
-    from llm_gateway.engine.scheduler import Job, Scheduler
+    from llm_gateway.engine.scheduler import Scheduler
     from llm_gateway.engine.template import ChatTemplate
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,33 @@ class EngineOptions:
     stream_interval_ms: float = 0.0
 
 
+def build(spec: ModelSpec, context: BuildContext) -> EngineBackend:
+    """An engine for a models-file entry: the settings' sizing, with the entry's own over it."""
+    settings = context.settings
+    assert spec.path is not None  # the models file gives one, or the built-in model's
+    o = spec.overrides
+    options = EngineOptions(
+        ctx_size=o.get("ctx_size", settings.ctx_size),
+        max_sequences=o.get("max_sequences", settings.max_sequences),
+        threads=o.get("threads", settings.resolved_threads()),
+        batch_size=o.get("batch_size", settings.batch_size),
+        queue_size=o.get("queue_size", settings.queue_size),
+        default_max_tokens=settings.default_max_tokens,
+        quantize=settings.quantize or spec.quantize or "none",
+        cache_dir=settings.data_dir / "models",
+        stream_interval_ms=settings.stream_interval_ms,
+    )
+    return EngineBackend(spec.name, spec.path, options)
+
+
+def register(kinds: BackendKinds) -> None:
+    kinds.add(BackendKind("engine", build))
+
+
 class EngineBackend:
     """A GGUF model served in process with continuous batching."""
+
+    complete = None  # non-streaming requests collect the stream
 
     def __init__(self, name: str, path: Path, options: EngineOptions) -> None:
         self.name = name
@@ -119,8 +146,9 @@ class EngineBackend:
 
     def _serve(self, model: Model) -> None:
         """Context, template and scheduler for a loaded model; frees the context on failure."""
+        from llm_gateway.engine.job import SchedulerConfig
         from llm_gateway.engine.llama import Context
-        from llm_gateway.engine.scheduler import Scheduler, SchedulerConfig
+        from llm_gateway.engine.scheduler import Scheduler
         from llm_gateway.engine.template import ChatTemplate
 
         opts = self.options
@@ -263,7 +291,7 @@ class EngineBackend:
                 scheduler.cancel(job)
 
     async def _prepare(self, request: GenerationRequest) -> Job:
-        from llm_gateway.engine.scheduler import Job
+        from llm_gateway.engine.job import Job
 
         text = self._prompt_text(request)
         if len(text) > _INLINE_TOKENIZE_CHARS:
@@ -346,4 +374,4 @@ def _human_params(n: int) -> str:
     return str(n)
 
 
-__all__ = ["EngineBackend", "EngineOptions", "GatewayError"]
+__all__ = ["EngineBackend", "EngineOptions", "register"]

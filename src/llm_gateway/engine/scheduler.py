@@ -22,53 +22,21 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
 
-from llm_gateway.engine.llama import Batch, Context, LlamaError, Model, Sampler
+from llm_gateway.engine.job import (
+    Event,
+    Job,
+    SchedulerConfig,
+    close_sampler,
+    common_prefix,
+    deliver,
+)
+from llm_gateway.engine.llama import Batch, Context, LlamaError, Model
 from llm_gateway.engine.text import TextStream
 from llm_gateway.errors import BackendError, GatewayError, Overloaded
 from llm_gateway.types import FinishReason, Usage
 
 log = logging.getLogger(__name__)
-
-# Events handed to the request's asyncio queue.
-Event = tuple[str, Any]
-
-
-@dataclass(eq=False)
-class Job:
-    """One request's life in the engine. Fields below `queue` belong to the engine thread."""
-
-    prompt: list[int]
-    max_tokens: int
-    smpl: Sampler | None
-    stops: list[str]
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False  # set by the event loop thread; read by the engine thread
-    submitted_ns: int = field(default_factory=time.perf_counter_ns)
-    # --- engine thread only ---
-    seq: int = -1
-    tokens: list[int] = field(default_factory=list)  # everything to be in the KV cache
-    n_cached: int = 0  # how many of `tokens` are in the cache
-    generated: int = 0
-    reused: int = -1  # prompt tokens found in the cache at first admission
-    started_ns: int = 0
-    first_token_ns: int = 0
-    text: TextStream | None = None
-    logits_at: int = -1
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_sequences: int
-    queue_size: int
-    batch_size: int
-    n_ctx: int
-    max_seq_len: int
-    flush_interval_s: float = 0.0
-    idle_caches: int = 1
 
 
 class Scheduler:
@@ -111,7 +79,7 @@ class Scheduler:
             self._thread.join()
         for job in [*self._waiting, *self._active]:
             self._finish_error(job, BackendError("the engine is shutting down"))
-            _close_sampler(job)
+            close_sampler(job)
         self._flush_now()
         self._batch.close()
 
@@ -160,7 +128,7 @@ class Scheduler:
                 self._active.clear()
             for job in jobs:
                 self._finish_error(job, BackendError(f"engine failure: {exc}"))
-                _close_sampler(job)
+                close_sampler(job)
             self._flush_now()
 
     def _wait_for_work(self) -> bool:
@@ -210,7 +178,7 @@ class Scheduler:
         with self._cond:
             for job in [j for j in self._waiting if j.cancelled]:
                 self._waiting.remove(job)
-                _close_sampler(job)
+                close_sampler(job)
         for job in [j for j in self._active if j.cancelled]:
             self._release(job)
 
@@ -369,7 +337,7 @@ class Scheduler:
         self._cached[job.seq] = job.tokens[: job.n_cached]
         self._free_seqs.append(job.seq)
         job.seq = -1
-        _close_sampler(job)
+        close_sampler(job)
         self._trim_idle_caches()
 
     def _trim_idle_caches(self) -> None:
@@ -413,24 +381,4 @@ class Scheduler:
         for loop, items in by_loop.items():
             # A closed loop raises RuntimeError: nobody is listening any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_deliver, items)
-
-
-def _deliver(items: list[tuple[Job, Event]]) -> None:
-    for job, event in items:
-        job.queue.put_nowait(event)
-
-
-def common_prefix(a: list[int] | tuple[()], b: list[int], limit: int) -> int:
-    """How many leading tokens a and b share, at most limit."""
-    n = min(len(a), len(b), limit)
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def _close_sampler(job: Job) -> None:
-    if job.smpl is not None:
-        job.smpl.close()
-        job.smpl = None
+                loop.call_soon_threadsafe(deliver, items)

@@ -1,1 +1,2 @@
-"""Persistent state: API keys now, usage records later. SQLite by default, PostgreSQL by URL."""
+"""Persistent state: API keys and usage records. SQLite by default, PostgreSQL by URL;
+tables in ``tables``, engine and migrations in ``database``."""

@@ -11,9 +11,16 @@ from typing import Any
 
 from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, Options
 from llm_gateway.api.validate import check_min, check_range, stop_list
-from llm_gateway.backends.base import ModelDetails
-from llm_gateway.errors import InvalidRequest
-from llm_gateway.types import Chunk, GenerationRequest, JsonFormat, Message, Role, Sampling
+from llm_gateway.errors import GatewayError, InvalidRequest
+from llm_gateway.types import (
+    Chunk,
+    GenerationRequest,
+    JsonFormat,
+    Message,
+    ModelDetails,
+    Role,
+    Sampling,
+)
 
 _ROLES: dict[str, Role] = {
     "system": "system",
@@ -174,6 +181,11 @@ def load_reply(model: str, chat: bool) -> dict[str, Any]:
         out["response"] = ""
     out.update({"done": True, "done_reason": "load"})
     return out
+
+
+def error_body(exc: GatewayError) -> dict[str, Any]:
+    """Ollama's error envelope: {"error": "..."}."""
+    return {"error": exc.message}
 
 
 def details_body(d: ModelDetails) -> dict[str, Any]:

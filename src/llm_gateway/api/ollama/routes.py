@@ -14,26 +14,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llm_gateway import __version__
+from llm_gateway.api.context import RequestContext, reply
 from llm_gateway.api.decode import decode_body
-from llm_gateway.api.http import (
-    CLIENT_GONE,
-    CancelOnDisconnect,
-    EventStream,
-    JSONResponse,
-    as_gateway_error,
-    ndjson,
-    read_body,
-)
 from llm_gateway.api.ollama import convert
 from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest
-from llm_gateway.auth import principal_of
+from llm_gateway.core.registry import ModelEntry
+from llm_gateway.core.service import Generation
+from llm_gateway.edge.render import as_gateway_error
+from llm_gateway.edge.responses import EventStream, JSONResponse, ndjson, read_body
 from llm_gateway.errors import InvalidRequest
-from llm_gateway.models import ModelEntry
-from llm_gateway.service import Generation
-from llm_gateway.state import GatewayState
 from llm_gateway.types import Chunk, GenerationRequest
-from llm_gateway.usage import record_of
+from llm_gateway.version import __version__
 
 NDJSON = "application/x-ndjson"
 Piece = Callable[[str, str], dict[str, Any]]
@@ -41,41 +32,35 @@ Final = Callable[[str, str, Chunk], dict[str, Any]]
 
 
 async def generate(request: Request) -> Response | EventStream:
-    state = GatewayState.of(request)
+    ctx = RequestContext.of(request)
     body = decode_body(await read_body(request), GenerateRequest)
     if not body.prompt and not body.raw:
-        state.registry.resolve(body.model)  # 404 for an unknown model, as Ollama does
+        ctx.registry.resolve(body.model)  # 404 for an unknown model, as Ollama does
         return JSONResponse(convert.load_reply(body.model, chat=False))
     req = convert.from_generate_request(body)
-    return await _reply(
-        request, req, body.model, body.stream, convert.generate_chunk, convert.generate_final
-    )
+    return await _reply(ctx, req, body.model, convert.generate_chunk, convert.generate_final)
 
 
 async def chat(request: Request) -> Response | EventStream:
-    state = GatewayState.of(request)
+    ctx = RequestContext.of(request)
     body = decode_body(await read_body(request), ChatRequest)
     if not body.messages:
-        state.registry.resolve(body.model)
+        ctx.registry.resolve(body.model)
         return JSONResponse(convert.load_reply(body.model, chat=True))
     req = convert.from_chat_request(body)
-    return await _reply(
-        request, req, body.model, body.stream, convert.chat_chunk, convert.chat_final
-    )
+    return await _reply(ctx, req, body.model, convert.chat_chunk, convert.chat_final)
 
 
 async def _reply(
-    request: Request, req: GenerationRequest, model: str, stream: bool, piece: Piece, final: Final
+    ctx: RequestContext, req: GenerationRequest, model: str, piece: Piece, final: Final
 ) -> Response | EventStream:
-    service, principal = GatewayState.of(request).service, principal_of(request)
-    if not stream:
-        async with CancelOnDisconnect(request.receive):
-            gen = await service.open(req, principal, record_of(request.scope))
-            text, last = await gen.collect()
-            return JSONResponse(final(model, text, last), headers=gen.headers)
-        return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
-    gen = await service.open(req, principal, record_of(request.scope))
-    return EventStream(_lines(gen, model, piece, final), NDJSON, gen.headers)
+    return await reply(
+        ctx,
+        req,
+        lambda text, last: final(model, text, last),
+        lambda gen: _lines(gen, model, piece, final),
+        NDJSON,
+    )
 
 
 async def _lines(gen: Generation, model: str, piece: Piece, final: Final) -> AsyncIterator[bytes]:
@@ -89,7 +74,7 @@ async def _lines(gen: Generation, model: str, piece: Piece, final: Final) -> Asy
             yield ndjson(final(model, "", chunk))
             return
     except Exception as exc:
-        yield ndjson(as_gateway_error(exc).to_ollama_body())
+        yield ndjson(convert.error_body(as_gateway_error(exc)))
     finally:
         await gen.aclose()
 
@@ -99,15 +84,15 @@ def _modified(entry: ModelEntry) -> str:
 
 
 async def tags(request: Request) -> Response:
-    state = GatewayState.of(request)
-    models = [convert.tag_body(e.name, _modified(e), e.backend.details()) for e in state.registry]
+    registry = RequestContext.of(request).registry
+    models = [convert.tag_body(e.name, _modified(e), e.backend.details()) for e in registry]
     return JSONResponse({"models": models})
 
 
 async def ps(request: Request) -> Response:
-    state = GatewayState.of(request)
+    registry = RequestContext.of(request).registry
     models = []
-    for e in state.registry:
+    for e in registry:
         if not e.backend.ready:
             continue
         body = convert.tag_body(e.name, _modified(e), e.backend.details())
@@ -125,12 +110,12 @@ async def ps(request: Request) -> Response:
 
 
 async def show(request: Request) -> Response:
-    state = GatewayState.of(request)
+    registry = RequestContext.of(request).registry
     body = decode_body(await read_body(request), ShowRequest)
     name = body.model or body.name
     if not name:
         raise InvalidRequest("'model' is required", param="model")
-    entry = state.registry.resolve(name)
+    entry = registry.resolve(name)
     return JSONResponse(
         convert.show_body(entry.name, _modified(entry), entry.backend.details(), body.verbose)
     )
@@ -151,3 +136,6 @@ routes = [
 ]
 
 fast_routes = {("POST", "/api/generate"): generate, ("POST", "/api/chat"): chat}
+
+error_shapes = {"/api": convert.error_body}
+"""Ollama's error body for every path under /api (the management API's too)."""

@@ -17,7 +17,7 @@ from llm_gateway.api.openai.schemas import (
     ResponseFormat,
 )
 from llm_gateway.api.validate import check_min, check_range, stop_list
-from llm_gateway.errors import InvalidRequest
+from llm_gateway.errors import GatewayError, InvalidRequest
 from llm_gateway.types import Chunk, GenerationRequest, JsonFormat, Message, Role, Sampling, Usage
 
 _ROLES: dict[str, Role] = {
@@ -242,6 +242,13 @@ def completion_chunk(
     if with_usage:
         out["usage"] = None
     return out
+
+
+def error_body(exc: GatewayError) -> dict[str, Any]:
+    """OpenAI's error envelope: {"error": {message, type, param, code}}."""
+    return {
+        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    }
 
 
 def model_card(name: str, created: int, owned_by: str = "llm-gateway") -> dict[str, Any]:

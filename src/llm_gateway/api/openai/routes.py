@@ -18,25 +18,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llm_gateway.api.context import RequestContext, reply
 from llm_gateway.api.decode import decode_body
-from llm_gateway.api.http import (
-    CLIENT_GONE,
-    CancelOnDisconnect,
-    EventStream,
-    JSONResponse,
-    as_gateway_error,
-    read_body,
-    sse,
-)
 from llm_gateway.api.openai import convert
 from llm_gateway.api.openai.schemas import ChatCompletionRequest, CompletionRequest
-from llm_gateway.auth import principal_of
-from llm_gateway.service import Generation
-from llm_gateway.state import GatewayState
+from llm_gateway.core.service import Generation
+from llm_gateway.edge.render import as_gateway_error
+from llm_gateway.edge.responses import EventStream, JSONResponse, read_body, sse
 from llm_gateway.types import Chunk
-from llm_gateway.usage import record_of
 
 DONE = b"data: [DONE]\n\n"
+SSE = "text/event-stream"
+Piece = Callable[[Chunk, bool], dict[str, Any]]
+"""One chunk as a stream event (``True``: the stream's first)."""
 
 
 def _ctx(prefix: str, model: str) -> convert.ReplyContext:
@@ -46,60 +40,49 @@ def _ctx(prefix: str, model: str) -> convert.ReplyContext:
 
 
 async def chat_completions(request: Request) -> Response | EventStream:
-    state = GatewayState.of(request)
+    ctx = RequestContext.of(request)
     body = decode_body(await read_body(request), ChatCompletionRequest)
-    ctx = _ctx("chatcmpl", body.model)
-    if not body.stream:
-        async with CancelOnDisconnect(request.receive):
-            gen = await state.service.open(
-                convert.from_chat_request(body), principal_of(request), record_of(request.scope)
-            )
-            text, final = await gen.collect()
-            return JSONResponse(convert.chat_response(ctx, text, final), headers=gen.headers)
-        return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
-    gen = await state.service.open(
-        convert.from_chat_request(body), principal_of(request), record_of(request.scope)
-    )
+    out = _ctx("chatcmpl", body.model)
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
         delta = {"role": "assistant", "content": chunk.text} if first else {"content": chunk.text}
         return convert.chat_chunk(
-            ctx, delta if chunk.text or first else {}, chunk.finish_reason, usage
+            out, delta if chunk.text or first else {}, chunk.finish_reason, usage
         )
 
-    return EventStream(
-        _events(gen, ctx, "chat.completion.chunk", piece, usage), "text/event-stream", gen.headers
+    return await reply(
+        ctx,
+        convert.from_chat_request(body),
+        lambda text, final: convert.chat_response(out, text, final),
+        lambda gen: _events(gen, out, "chat.completion.chunk", piece, usage),
+        SSE,
     )
 
 
 async def completions(request: Request) -> Response | EventStream:
-    state = GatewayState.of(request)
+    ctx = RequestContext.of(request)
     body = decode_body(await read_body(request), CompletionRequest)
-    ctx = _ctx("cmpl", body.model)
-    req = convert.from_completion_request(body)
-    if not body.stream:
-        async with CancelOnDisconnect(request.receive):
-            gen = await state.service.open(req, principal_of(request), record_of(request.scope))
-            text, final = await gen.collect()
-            return JSONResponse(convert.completion_response(ctx, text, final), headers=gen.headers)
-        return Response(status_code=CLIENT_GONE)  # the client left; the work was cancelled
-    gen = await state.service.open(req, principal_of(request), record_of(request.scope))
+    out = _ctx("cmpl", body.model)
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
-        return convert.completion_chunk(ctx, chunk.text, chunk.finish_reason, usage)
+        return convert.completion_chunk(out, chunk.text, chunk.finish_reason, usage)
 
-    return EventStream(
-        _events(gen, ctx, "text_completion", piece, usage), "text/event-stream", gen.headers
+    return await reply(
+        ctx,
+        convert.from_completion_request(body),
+        lambda text, final: convert.completion_response(out, text, final),
+        lambda gen: _events(gen, out, "text_completion", piece, usage),
+        SSE,
     )
 
 
 async def _events(
     gen: Generation,
-    ctx: convert.ReplyContext,
+    out: convert.ReplyContext,
     obj: str,
-    piece: Callable[[Chunk, bool], dict[str, Any]],
+    piece: Piece,
     usage: bool,
 ) -> AsyncIterator[bytes]:
     first = True
@@ -114,24 +97,23 @@ async def _events(
             first = False
             if chunk.finish_reason is not None:
                 if usage:
-                    yield sse(convert.usage_chunk(ctx, obj, chunk.usage))
+                    yield sse(convert.usage_chunk(out, obj, chunk.usage))
                 yield DONE
                 return
     except Exception as exc:
-        yield sse(as_gateway_error(exc).to_openai_body())
+        yield sse(convert.error_body(as_gateway_error(exc)))
     finally:
         await gen.aclose()
 
 
 async def list_models(request: Request) -> Response:
-    state = GatewayState.of(request)
-    data = [convert.model_card(e.name, e.created) for e in state.registry]
+    registry = RequestContext.of(request).registry
+    data = [convert.model_card(e.name, e.created) for e in registry]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request) -> Response:
-    state = GatewayState.of(request)
-    entry = state.registry.resolve(request.path_params["model"])
+    entry = RequestContext.of(request).registry.resolve(request.path_params["model"])
     return JSONResponse(convert.model_card(entry.name, entry.created))
 
 
@@ -146,3 +128,6 @@ fast_routes = {
     ("POST", "/v1/chat/completions"): chat_completions,
     ("POST", "/v1/completions"): completions,
 }
+
+error_shapes = {"/v1": convert.error_body}
+"""OpenAI's error body for every path under /v1."""

@@ -1,0 +1,305 @@
+"""Upstream inference servers as backends: OpenAI-compatible or Ollama, one or more replicas.
+
+Each request goes to the replica with the fewest outstanding requests per unit
+of weight, skipping replicas whose circuit breaker is open or that are full
+(``max_concurrency``). Connect errors, timeouts before the first byte, 429 and
+5xx are retried on the next best replica, with a short backoff, up to
+``retries`` times, and only before the first chunk has reached the client;
+after that, a failure ends the stream with one in-band error. Other 4xx are
+the caller's problem and are passed on at once.
+
+Each replica has a circuit breaker (``replicas``). An active health
+check (GET ``/models`` or ``/api/tags``) runs every ``HEALTH_INTERVAL_S`` and
+at start-up; ``/health`` shows every replica.
+
+All replicas share the app's one pooled HTTP client (``HttpPool``, ``http1``).
+Closing the chunk iterator (client gone) closes the upstream response, which
+aborts the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from llm_gateway.backends.registry import BackendKind, BackendKinds, BuildContext
+from llm_gateway.backends.spec import ModelSpec
+from llm_gateway.backends.upstream.config import HttpPool, UpstreamSpec
+from llm_gateway.backends.upstream.http1 import HttpResponse
+from llm_gateway.backends.upstream.reading import (
+    Retryable,
+    describe,
+    lines,
+    merged,
+    parsed,
+    sse_data,
+    status_error,
+)
+from llm_gateway.backends.upstream.replicas import BREAKER_COOLDOWN_S, Replica
+from llm_gateway.backends.upstream.wire import (
+    UpstreamStreamError,
+    ollama_line,
+    ollama_reply,
+    ollama_request,
+    openai_reply,
+    openai_request,
+)
+from llm_gateway.errors import UpstreamError, UpstreamUnavailable
+from llm_gateway.types import Chunk, GenerationRequest, ModelDetails
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 10.0
+BACKOFF_S = 0.05
+
+
+def build(spec: ModelSpec, context: BuildContext) -> UpstreamBackend:
+    assert spec.upstream is not None  # the models file names the upstream's urls
+    return UpstreamBackend(spec.name, spec.upstream, context.pool)
+
+
+def register(kinds: BackendKinds) -> None:
+    kinds.add(BackendKind("openai", build, upstream=True))
+    kinds.add(BackendKind("ollama", build, upstream=True))
+
+
+class UpstreamBackend:
+    """A model served by upstream replicas; see the module docstring."""
+
+    def __init__(self, name: str, spec: UpstreamSpec, pool: HttpPool) -> None:
+        self.name = name
+        self.spec = spec
+        self.pool = pool
+        weights = spec.weights or (1.0,) * len(spec.urls)
+        self.replicas = [Replica(u, w) for u, w in zip(spec.urls, weights, strict=True)]
+        self._health_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._headers = _auth_headers(spec)
+        self._post_headers = {
+            **self._headers,
+            "Accept": "text/event-stream" if spec.kind == "openai" else "*/*",
+            "Content-Type": "application/json",
+        }
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await self.check_health()
+        self._started = True
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+
+    @property
+    def ready(self) -> bool:
+        now = time.monotonic()
+        return self._started and any(
+            r.healthy is not False and r.state(now) != "open" for r in self.replicas
+        )
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "status": "ok" if self.ready else "failed" if self._started else "loading",
+            "backend": self.spec.kind,
+            "upstream_model": self.spec.model,
+            "replicas": [r.health(now) for r in self.replicas],
+        }
+
+    def details(self) -> ModelDetails:
+        return ModelDetails(family=self.spec.kind, format="upstream")
+
+    # ---------------------------------------------------------------- health checks
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            with contextlib.suppress(Exception):
+                await self.check_health()
+
+    async def check_health(self) -> None:
+        await asyncio.gather(*(self._check(r) for r in self.replicas))
+
+    async def _check(self, replica: Replica) -> None:
+        path = "/models" if self.spec.kind == "openai" else "/api/tags"
+        connect_s = self.spec.timeouts.connect_s
+        try:
+            async with asyncio.timeout(connect_s + 2):
+                resp = await self.pool.client.request(
+                    "GET", replica.url + path, headers=self._headers, connect_timeout_s=connect_s
+                )
+                async with resp:
+                    ok = resp.status < 500
+                    await resp.read()
+        except OSError as exc:  # TimeoutError and connection errors among them
+            ok, replica.last_error = False, f"health check: {type(exc).__name__}: {exc}"
+        replica.healthy = ok
+        if ok and replica.state(time.monotonic()) == "half_open":
+            replica.succeeded()  # the probe is the half-open trial
+
+    # ---------------------------------------------------------------- requests
+
+    def _pick(self, tried: set[int]) -> tuple[Replica, bool] | None:
+        """(replica, whether it is a half-open trial): least outstanding per weight
+        among usable replicas, untried ones first; None when none can take it."""
+        now = time.monotonic()
+        usable = [
+            (i, r)
+            for i, r in enumerate(self.replicas)
+            if r.usable(now, self.spec.max_concurrency) and r.healthy is not False
+        ]
+        if not usable:  # health checks can lag: fall back to any closed breaker
+            usable = [
+                (i, r)
+                for i, r in enumerate(self.replicas)
+                if r.usable(now, self.spec.max_concurrency)
+            ]
+        fresh = [(i, r) for i, r in usable if i not in tried] or usable
+        if not fresh:
+            return None
+        i, best = min(fresh, key=lambda x: (x[1].outstanding / x[1].weight, x[0]))
+        tried.add(i)
+        trial = best.state(now) == "half_open"
+        if trial:
+            best.probing = True
+        return best, trial
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if not request.stream:
+            yield await self.complete(request)
+            return
+        tried: set[int] = set()
+        last: str | None = None
+        attempts = self.spec.retries + 1
+        for attempt in range(attempts):
+            picked = self._pick(tried)
+            if picked is None:
+                break
+            replica, trial = picked
+            replica.outstanding += 1
+            started = False
+            try:
+                async for chunk in self._attempt(replica, request):
+                    started = True
+                    if chunk.finish_reason is not None:
+                        # The consumer stops at this chunk and may never resume
+                        # the generator: the attempt succeeded now.
+                        replica.succeeded()
+                    yield chunk
+                return
+            except (Retryable, OSError, UpstreamStreamError) as exc:
+                if started and not isinstance(exc, Retryable):
+                    why = describe(exc)  # the client has text already: end it in band
+                    replica.failed(why, time.monotonic())
+                    raise UpstreamError(f"upstream failed mid-stream ({why})") from exc
+                last = await self._failed(replica, exc, attempt)
+            finally:
+                replica.release(trial)
+        raise self._exhausted(last)
+
+    async def complete(self, request: GenerationRequest) -> Chunk:
+        """A whole (non-streaming) answer as one final chunk, with the same retries,
+        replicas and breakers as ``stream`` but no generators on the way."""
+        tried: set[int] = set()
+        last: str | None = None
+        for attempt in range(self.spec.retries + 1):
+            picked = self._pick(tried)
+            if picked is None:
+                break
+            replica, trial = picked
+            replica.outstanding += 1
+            try:
+                chunk = await self._whole(replica, request)
+                replica.succeeded()
+                return chunk
+            except (Retryable, OSError, UpstreamStreamError) as exc:
+                last = await self._failed(replica, exc, attempt)
+            finally:
+                replica.release(trial)
+        raise self._exhausted(last)
+
+    async def _failed(self, replica: Replica, exc: BaseException, attempt: int) -> str:
+        """Count a failed try against its replica (a 429 does not count), back off
+        before the next; returns why it failed."""
+        why = str(exc) if isinstance(exc, Retryable) else describe(exc)
+        if not isinstance(exc, Retryable) or exc.replica_fault:
+            replica.failed(why, time.monotonic())
+        if attempt < self.spec.retries:
+            await asyncio.sleep(BACKOFF_S * (2**attempt))
+        return why
+
+    def _exhausted(self, last: str | None) -> Exception:
+        """The error once no try is left: 503 when no replica could take it, else 502."""
+        if last is None or not any(r.state(time.monotonic()) != "open" for r in self.replicas):
+            why = last or "every replica is busy, or failing and waiting to be retried"
+            return UpstreamUnavailable(
+                f"model '{self.name}': no upstream can take the request ({why})",
+                retry_after=int(BREAKER_COOLDOWN_S) if last else 1,
+            )
+        return UpstreamError(f"model '{self.name}': upstream failed after retries ({last})")
+
+    async def _send(
+        self, replica: Replica, request: GenerationRequest, deadline: float, headers_by: float
+    ) -> HttpResponse:
+        """POST the request; the response once its headers are in and its status is 2xx."""
+        build = openai_request if self.spec.kind == "openai" else ollama_request
+        path, body = build(request, self.spec.model)
+        try:
+            resp = await self.pool.client.request(
+                "POST",
+                replica.url + path,
+                body=orjson.dumps(body),
+                headers=self._post_headers,
+                connect_timeout_s=self.spec.timeouts.connect_s,
+                deadline=min(headers_by, deadline),
+            )
+        except OSError as exc:  # connection errors and timeouts: nothing reached the client
+            raise Retryable(describe(exc)) from exc
+        if resp.status >= 400:
+            async with resp:
+                resp.set_deadline(deadline)
+                raise await status_error(resp)
+        return resp
+
+    async def _whole(self, replica: Replica, request: GenerationRequest) -> Chunk:
+        total_s = self.spec.timeouts.total_s
+        deadline = asyncio.get_running_loop().time() + total_s
+        # A whole answer's headers come only when the generation is done: they
+        # wait for the total deadline, not the first-byte one.
+        resp = await self._send(replica, request, deadline, deadline)
+        async with resp:
+            try:
+                data = await resp.read()  # by the total deadline, set with the request
+            except TimeoutError as exc:
+                raise Retryable(f"no answer within {total_s:g} s") from exc
+        whole = openai_reply if self.spec.kind == "openai" else ollama_reply
+        return parsed(whole, data)
+
+    async def _attempt(self, replica: Replica, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        parse: Callable[[bytes], Chunk | None] = (
+            sse_data if self.spec.kind == "openai" else ollama_line
+        )
+        t = self.spec.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total_s
+        resp = await self._send(replica, request, deadline, loop.time() + t.first_byte_s)
+        async with resp:
+            resp.set_deadline(min(loop.time() + t.first_byte_s, deadline), "the first byte")
+            async for chunk in merged(lines(resp, t.first_byte_s, deadline), parse):
+                yield chunk
+
+
+def _auth_headers(spec: UpstreamSpec) -> dict[str, str]:
+    """Authorization with the key from the environment variable the models file names."""
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    return {"Authorization": f"Bearer {key}"} if key else {}
