@@ -12,7 +12,7 @@ export CFLAGS   := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 export CXXFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 endif
 
-.PHONY: setup run test lint typecheck unit bench bench-quant clean
+.PHONY: setup run test lint typecheck unit bench bench-overhead bench-auth bench-quant clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,14 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python bench/engine_bench.py
+
+bench-overhead: setup
+	scripts/ensure-wrk
+	$(BIN)/python bench/overhead_bench.py
+
+bench-auth: setup
+	scripts/ensure-wrk
+	$(BIN)/python bench/auth_bench.py
 
 bench-quant: setup
 	$(BIN)/python bench/quant_bench.py

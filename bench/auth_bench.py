@@ -328,7 +328,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "auth.json")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
-        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        print("wrk is missing: run scripts/ensure-wrk (or make bench-auth)", file=sys.stderr)
         return 2
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')}, nproc {os.cpu_count()}")
     out = {

@@ -244,7 +244,7 @@ def streams(target: Target, n: int) -> dict[str, float]:
 
 def main(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
-        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        print("wrk is missing: run scripts/ensure-wrk (or make bench-overhead)", file=sys.stderr)
         return 2
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')}, nproc {os.cpu_count()}", flush=True)
     litellm = None if args.no_litellm else ensure_litellm()
