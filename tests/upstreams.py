@@ -36,9 +36,17 @@ def _words(body: dict[str, Any]) -> list[str]:
     if "messages" in body:
         users = [m["content"] for m in body["messages"] if m["role"] == "user"]
         text = users[-1] if users else ""
+        if isinstance(text, list):  # content parts
+            text = " ".join(p.get("text", "") for p in text)
     else:
         text = body.get("prompt", "")
     return text.split() or ["ok"]
+
+
+def _tool_call(body: dict[str, Any]) -> tuple[str, str]:
+    """(the first tool's name, arguments echoing the prompt as JSON text)."""
+    name = body["tools"][0]["function"]["name"]
+    return name, orjson.dumps({"text": " ".join(_words(body))}).decode()
 
 
 class _Server:
@@ -50,10 +58,31 @@ class _Server:
             self.app.router.add_post("/v1/chat/completions", self.openai)
             self.app.router.add_post("/v1/completions", self.openai)
             self.app.router.add_get("/v1/models", self.models)
+            self.app.router.add_post("/v1/embeddings", self.embed)
         else:
             self.app.router.add_post("/api/chat", self.ollama)
             self.app.router.add_post("/api/generate", self.ollama)
             self.app.router.add_get("/api/tags", self.models)
+            self.app.router.add_post("/api/embed", self.embed)
+
+    async def embed(self, request: web.Request) -> web.Response:
+        """A vector [characters, words, 1] per input; 2 tokens an input."""
+        body, failure = await self._begin(request)
+        if failure is not None:
+            return failure
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        vectors = [[float(len(str(x))), float(len(str(x).split())), 1.0] for x in inputs]
+        if self.kind == "ollama":
+            return web.json_response(
+                {
+                    "model": body["model"],
+                    "embeddings": vectors,
+                    "prompt_eval_count": 2 * len(inputs),
+                }
+            )
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        usage = {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)}
+        return web.json_response({"object": "list", "data": data[::-1], "usage": usage})
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [], "models": []})
@@ -93,6 +122,8 @@ class _Server:
         body, failure = await self._begin(request)
         if failure is not None:
             return failure
+        if body.get("tools"):
+            return await self._openai_tool_call(request, body)
         words = _words(body)[: body.get("max_tokens") or 10**6]
         chat = request.path.endswith("chat/completions")
         events = []
@@ -118,10 +149,44 @@ class _Server:
         pieces = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
         return await self._stream(request, pieces, "text/event-stream")
 
+    async def _openai_tool_call(
+        self, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        name, args = _tool_call(body)
+        usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        call = {"id": "call_up1", "type": "function", "function": {"name": name, "arguments": args}}
+        if body.get("stream") is False:
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            return web.json_response({"choices": [choice], "usage": usage})
+        head = {**call, "index": 0, "function": {"name": name, "arguments": ""}}
+        deltas = [
+            {"role": "assistant", "content": None, "tool_calls": [head]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": args[:5]}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": args[5:]}}]},
+        ]
+        events = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        events.append({"choices": [], "usage": usage})
+        pieces = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+        return await self._stream(request, pieces, "text/event-stream")
+
     async def ollama(self, request: web.Request) -> web.StreamResponse:
         body, failure = await self._begin(request)
         if failure is not None:
             return failure
+        if body.get("tools"):
+            name, args = _tool_call(body)
+            call = {"function": {"name": name, "arguments": orjson.loads(args)}}
+            message = {"role": "assistant", "content": "", "tool_calls": [call]}
+            final = {"model": body["model"], "done": True, "done_reason": "stop"}
+            final.update({"prompt_eval_count": 5, "eval_count": 3})
+            if body.get("stream") is False:
+                return web.json_response({**final, "message": message})
+            lines = [{"model": body["model"], "message": message, "done": False}, final]
+            final["message"] = {"role": "assistant", "content": ""}
+            pieces = [orjson.dumps(line) + b"\n" for line in lines]
+            return await self._stream(request, pieces, "application/x-ndjson")
         limit = (body.get("options") or {}).get("num_predict") or 10**6
         words = _words(body)[:limit]
         chat = request.path == "/api/chat"

@@ -12,13 +12,37 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+ToolChoice = Literal["auto", "none", "required", "function"]
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A call the model made: ``arguments`` is the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(slots=True)
 class Message:
     role: Role
     content: str
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
+    name: str | None = None  # a tool turn: the function's name, where known
+    images: list[str] | None = None  # http(s) or data: URLs, or bare base64 (Ollama)
+
+
+@dataclass(slots=True)
+class Tool:
+    """A function the model may call; ``parameters`` is a JSON schema for an object."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    strict: bool | None = None
 
 
 @dataclass(slots=True)
@@ -60,6 +84,13 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     json_format: JsonFormat | None = None
     num_ctx: int | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice = "auto"
+    tool_name: str | None = None  # with tool_choice "function": the one to call
+    parallel_tool_calls: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+    echo: bool = False  # completions: the prompt, and its tokens' logprobs, come first
     stream: bool = True
     """Whether the client reads the answer as a stream (upstreams are asked the same way)."""
 
@@ -86,12 +117,54 @@ class Usage:
 
 
 @dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a tool call in a stream: the first piece of call ``index`` has its
+    id and name, later pieces add to its arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    """One token's natural-log probability and its most likely alternatives."""
+
+    token: str
+    logprob: float | None  # None: the first prompt token, which nothing predicts
+    bytes: list[int]
+    top: list[tuple[str, float, list[int]]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Chunk:
     """A piece of generated text. The last chunk has finish_reason and usage."""
 
     text: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    """Texts or token arrays to embed, protocol-neutral."""
+
+    model: str
+    inputs: list[str | list[int]]
+    dimensions: int | None = None
+    truncate: bool = True  # Ollama's default: inputs over the context are cut, not refused
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """One vector per input, in order, and the tokens they took."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+    total_ns: int = 0
 
 
 @dataclass(slots=True)

@@ -21,9 +21,10 @@ from llm_gateway.core.registry import Registry
 from llm_gateway.core.service import Generation
 from llm_gateway.edge.auth import principal_of
 from llm_gateway.edge.responses import CLIENT_GONE, CancelOnDisconnect, EventStream, JSONResponse
+from llm_gateway.limits.base import RawHeaders
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
-from llm_gateway.types import Chunk, GenerationRequest
+from llm_gateway.types import Chunk, EmbeddingRequest, Embeddings, GenerationRequest
 from llm_gateway.usage.record import UsageRecord, record_of
 
 Whole = Callable[[str, Chunk], dict[str, Any]]
@@ -57,6 +58,10 @@ class RequestContext:
     async def open(self, request: GenerationRequest) -> Generation:
         """Admit the caller and start the generation (see ``InferenceService.open``)."""
         return await self.state.service.open(request, self.principal, self.record)
+
+    async def embed(self, request: EmbeddingRequest) -> tuple[Embeddings, RawHeaders]:
+        """Admit the caller and embed (see ``InferenceService.embed``)."""
+        return await self.state.service.embed(request, self.principal, self.record)
 
 
 async def reply(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from llm_gateway.types import Chunk, GenerationRequest, ModelDetails
+from llm_gateway.types import Chunk, EmbeddingRequest, Embeddings, GenerationRequest, ModelDetails
 
 WholeAnswer = Callable[[GenerationRequest], Awaitable[Chunk]]
 """A backend's ``complete``: the whole answer as one final chunk."""
@@ -45,3 +45,6 @@ class Backend(Protocol):
 
     def details(self) -> ModelDetails:
         """Static facts about the model."""
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """One vector per input; raises InvalidRequest where the model cannot embed."""

@@ -5,6 +5,7 @@
     dummy-error         fail before the first chunk
     dummy-midstream     two chunks, then fail mid-stream
 
+Embeddings are unit vectors of 32 numbers taken from each input's SHA-256.
 A "token" here is a whitespace-separated word, so counts are easy to predict.
 max_tokens and stop strings are honoured like a real backend would.
 """
@@ -12,6 +13,8 @@ max_tokens and stop strings are honoured like a real backend would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,8 +22,17 @@ from typing import Any
 from llm_gateway.backends.registry import BackendKind, BackendKinds, BuildContext
 from llm_gateway.backends.spec import ModelSpec
 from llm_gateway.errors import BackendError
-from llm_gateway.types import Chunk, FinishReason, GenerationRequest, ModelDetails, Usage
+from llm_gateway.types import (
+    Chunk,
+    EmbeddingRequest,
+    Embeddings,
+    FinishReason,
+    GenerationRequest,
+    ModelDetails,
+    Usage,
+)
 
+DUMMY_DIMENSIONS = 32
 DUMMY_MODELS = ("dummy", "dummy-echo", "dummy-slow", "dummy-error", "dummy-midstream")
 
 
@@ -78,6 +90,18 @@ class DummyBackend:
             format="none",
             context_length=1 << 20,
         )
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """A unit vector per input, from the input's SHA-256 (the same text, the same vector)."""
+        vectors, tokens = [], 0
+        for item in request.inputs:
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += len(text.split()) or 1
+            digest = hashlib.sha256(text.encode()).digest()
+            raw = [b - 127.5 for b in digest[: request.dimensions or DUMMY_DIMENSIONS]]
+            norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+            vectors.append([x / norm for x in raw])
+        return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if self.behaviour == "dummy-error":

@@ -7,48 +7,36 @@ no local model never loads the library.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_gateway.backends.registry import BackendKind, BackendKinds, BuildContext
 from llm_gateway.backends.spec import ModelSpec
+from llm_gateway.engine.facts import FILE_TYPES, human_params
 from llm_gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, NotReady
-from llm_gateway.types import Chunk, GenerationRequest, Message, ModelDetails, Sampling
+from llm_gateway.types import (
+    Chunk,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+    Message,
+    ModelDetails,
+)
 
 if TYPE_CHECKING:
+    from llm_gateway.engine.embedding import EmbeddingService
     from llm_gateway.engine.job import Job
-    from llm_gateway.engine.llama import Context, Model, Sampler, SamplerConfig
+    from llm_gateway.engine.llama import Context, Model, Sampler
     from llm_gateway.engine.scheduler import Scheduler
     from llm_gateway.engine.template import ChatTemplate
 
 log = logging.getLogger(__name__)
-
-# general.file_type values (llama.cpp's enum llama_ftype) to Ollama-style names.
-FILE_TYPES = {
-    "0": "F32",
-    "1": "F16",
-    "2": "Q4_0",
-    "3": "Q4_1",
-    "7": "Q8_0",
-    "8": "Q5_0",
-    "9": "Q5_1",
-    "10": "Q2_K",
-    "11": "Q3_K_S",
-    "12": "Q3_K_M",
-    "13": "Q3_K_L",
-    "14": "Q4_K_S",
-    "15": "Q4_K_M",
-    "16": "Q5_K_S",
-    "17": "Q5_K_M",
-    "18": "Q6_K",
-    "32": "BF16",
-}
 
 # Prompts longer than this (characters) are tokenized off the event loop.
 _INLINE_TOKENIZE_CHARS = 8192
@@ -105,6 +93,7 @@ class EngineBackend:
         self._ctx: Context | None = None
         self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
+        self._embeddings: EmbeddingService | None = None
         self._bos_text = ""
         self._load_ns = 0
         self._details = ModelDetails()
@@ -182,6 +171,11 @@ class EngineBackend:
         self._details = self._describe(model, cfg.max_seq_len)
         scheduler.start()
         self._scheduler = scheduler
+        from llm_gateway.engine.embedding import EmbeddingService
+
+        self._embeddings = EmbeddingService(
+            self.name, model, scheduler, opts.threads, opts.queue_size
+        )
 
     def _quantized(self, source: Path) -> Path:
         """The file to load: the source, or its requantized copy (made once, then cached)."""
@@ -214,7 +208,7 @@ class EngineBackend:
         ident = f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
         return ModelDetails(
             family=meta.get("general.architecture", ""),
-            parameter_size=meta.get("general.size_label") or _human_params(model.facts.n_params),
+            parameter_size=meta.get("general.size_label") or human_params(model.facts.n_params),
             quantization_level=FILE_TYPES.get(
                 meta.get("general.file_type", ""), model.facts.description.split(" ")[-1]
             ),
@@ -230,6 +224,9 @@ class EngineBackend:
         self._scheduler = self._ctx = self._model = None
         if scheduler is not None:
             await asyncio.to_thread(scheduler.stop)
+        if self._embeddings is not None:
+            self._embeddings.close()  # after the thread that runs it has stopped
+            self._embeddings = None
         if ctx is not None:
             ctx.close()
         if model is not None:
@@ -257,14 +254,30 @@ class EngineBackend:
     def details(self) -> ModelDetails:
         return self._details
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        if self._embeddings is None:
+            raise NotReady(f"model '{self.name}' is still loading")
+        return await self._embeddings.embed(request)
+
     # ---- requests ---------------------------------------------------------
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        from llm_gateway.engine.toolprompt import forced_schema, offered_tools
+        from llm_gateway.engine.toolstream import with_tool_calls
+
         scheduler = self._scheduler
         if scheduler is None:
             if self.load_error is not None:
                 raise NotReady(f"model '{self.name}' failed to load: {self.load_error}")
             raise NotReady(f"model '{self.name}' is still loading")
         job = await self._prepare(request)
+        chunks = self._run(scheduler, job)
+        if offered_tools(request):
+            chunks = with_tool_calls(chunks, request, forced_schema(request) is not None)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+
+    async def _run(self, scheduler: Scheduler, job: Job) -> AsyncGenerator[Chunk, None]:
         try:
             scheduler.submit(job)
         except GatewayError:
@@ -273,10 +286,16 @@ class EngineBackend:
             raise
         done = False
         try:
+            if job.echo and not job.score_prompt:
+                yield Chunk(text=job.echo)
             while True:
                 kind, payload = await job.queue.get()
                 if kind == "text":
                     yield Chunk(text=payload)
+                elif kind == "scored":
+                    yield Chunk(text=payload[0], logprobs=payload[1])
+                elif kind == "prompt":
+                    yield Chunk(text=job.echo, logprobs=payload)
                 elif kind == "done":
                     done = True
                     reason, usage = payload
@@ -293,6 +312,11 @@ class EngineBackend:
     async def _prepare(self, request: GenerationRequest) -> Job:
         from llm_gateway.engine.job import Job
 
+        if request.messages is not None and any(m.images for m in request.messages):
+            raise InvalidRequest(
+                f"model '{self.name}' does not take images (it has no multimodal projector)",
+                param="messages",
+            )
         text = self._prompt_text(request)
         if len(text) > _INLINE_TOKENIZE_CHARS:
             tokens = await asyncio.to_thread(self._tokenize, text)
@@ -309,18 +333,26 @@ class EngineBackend:
                 param="messages" if request.is_chat else "prompt",
             )
         max_tokens = request.max_tokens or self.options.default_max_tokens
+        s = request.sampling
         return Job(
             prompt=tokens,
             max_tokens=min(max_tokens, limit - len(tokens)),
             smpl=self._sampler(request),
             stops=request.stop,
             loop=asyncio.get_running_loop(),
+            special=bool(request.tools),  # tool-call markers may be special tokens
+            top=request.top_logprobs if request.logprobs else -1,
+            temperature=1.0 if s.temperature is None else s.temperature,
+            score_prompt=request.echo and request.logprobs,
+            echo=request.prompt or "" if request.echo else "",
         )
 
     def _prompt_text(self, request: GenerationRequest) -> str:
         assert self._template is not None
         if request.messages is not None:
-            return self._template.render(request.messages)
+            from llm_gateway.engine.toolprompt import offered_tools
+
+            return self._template.render(request.messages, tools=offered_tools(request))
         prompt = request.prompt or ""
         if request.raw:
             return prompt
@@ -333,45 +365,14 @@ class EngineBackend:
 
     def _sampler(self, request: GenerationRequest) -> Sampler:
         from llm_gateway.engine.llama import LlamaError, Sampler
+        from llm_gateway.engine.sampling import sampler_config
 
         assert self._model is not None
         try:
-            return Sampler(self._model, self._sampler_config(request))
+            return Sampler(self._model, sampler_config(request))
         except LlamaError as exc:
-            raise InvalidRequest(str(exc), param="response_format") from exc
-
-    def _sampler_config(self, request: GenerationRequest) -> SamplerConfig:
-        from llm_gateway.engine.llama import SamplerConfig, grammar_for_json
-
-        s: Sampling = request.sampling
-        base = SamplerConfig()
-        grammar = None
-        if request.json_format is not None:
-            try:
-                grammar = grammar_for_json(request.json_format.schema)
-            except Exception as exc:  # the converter raises plain exceptions
-                raise InvalidRequest(
-                    f"unsupported JSON schema: {exc}", param="response_format"
-                ) from exc
-        return SamplerConfig(
-            temperature=base.temperature if s.temperature is None else s.temperature,
-            top_k=base.top_k if s.top_k is None else s.top_k,
-            top_p=base.top_p if s.top_p is None else s.top_p,
-            min_p=base.min_p if s.min_p is None else s.min_p,
-            seed=random.getrandbits(32) if s.seed is None else s.seed,
-            repeat_penalty=base.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty,
-            repeat_last_n=base.repeat_last_n if s.repeat_last_n is None else s.repeat_last_n,
-            presence_penalty=s.presence_penalty or 0.0,
-            frequency_penalty=s.frequency_penalty or 0.0,
-            grammar=grammar,
-        )
-
-
-def _human_params(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}".replace(".0", "")
-    return str(n)
+            param = "response_format" if request.json_format is not None else "tools"
+            raise InvalidRequest(str(exc), param=param) from exc
 
 
 __all__ = ["EngineBackend", "EngineOptions", "register"]

@@ -14,7 +14,7 @@ from llm_gateway.core.principal import Principal
 from llm_gateway.core.registry import ModelEntry
 from llm_gateway.errors import Forbidden, Overloaded
 from llm_gateway.limits.base import Decision, Limits, RateLimiter
-from llm_gateway.types import GenerationRequest
+from llm_gateway.types import EmbeddingRequest, GenerationRequest
 
 Admitted = tuple[RateLimiter, Decision]
 """A rate-limit admission held by one request until ``settle()``: the limiter that
@@ -63,7 +63,10 @@ class Admissions:
         return f"{key}|{entry.name}", own.over(limits)
 
     async def admit(
-        self, request: GenerationRequest, principal: Principal, entry: ModelEntry
+        self,
+        request: GenerationRequest | EmbeddingRequest,
+        principal: Principal,
+        entry: ModelEntry,
     ) -> Admitted | None:
         key, limits = self.limits_for(principal, entry)
         if self.limiter is None or limits.empty:
@@ -90,8 +93,11 @@ def _model_override(principal: Principal, entry: ModelEntry) -> Limits | None:
     return None
 
 
-def estimate_tokens(request: GenerationRequest, default_max_tokens: int) -> int:
-    """Prompt tokens (~4 characters each) plus the completion cap, reserved at admission."""
+def estimate_tokens(request: GenerationRequest | EmbeddingRequest, default_max_tokens: int) -> int:
+    """Prompt tokens (~4 characters each) plus the completion cap, reserved at admission;
+    an embedding request's inputs (token arrays counted exactly)."""
+    if isinstance(request, EmbeddingRequest):
+        return 1 + sum(len(x) // 4 if isinstance(x, str) else len(x) for x in request.inputs)
     chars = len(request.prompt or "")
     for m in request.messages or ():
         chars += len(m.content)

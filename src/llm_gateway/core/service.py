@@ -25,7 +25,15 @@ from llm_gateway.core.principal import Principal
 from llm_gateway.core.registry import ModelEntry, Registry
 from llm_gateway.errors import BackendError, Overloaded, UpstreamError, UpstreamUnavailable
 from llm_gateway.limits.base import RawHeaders
-from llm_gateway.types import Chunk, GenerationRequest, Usage
+from llm_gateway.types import (
+    Chunk,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
 from llm_gateway.usage.record import UsageRecord
 
 log = logging.getLogger(__name__)
@@ -90,15 +98,40 @@ class Generation:
             await self.aclose()
             return first.text, first
         parts: list[str] = []
+        calls: list[ToolCallDelta] = []
+        logprobs: list[TokenLogprob] | None = None
         final = Chunk(text="", finish_reason="stop", usage=Usage())
         try:
             async for chunk in self:
                 parts.append(chunk.text)
+                if chunk.tool_calls:
+                    merge_tool_calls(calls, chunk.tool_calls)
+                if chunk.logprobs is not None:
+                    logprobs = (logprobs or []) + chunk.logprobs
                 if chunk.finish_reason is not None:
                     final = chunk
         finally:
             await self.aclose()
+        if calls or logprobs is not None:
+            final = Chunk(
+                text=final.text,
+                finish_reason=final.finish_reason,
+                usage=final.usage,
+                tool_calls=calls or None,
+                logprobs=logprobs,
+            )
         return "".join(parts), final
+
+
+def merge_tool_calls(calls: list[ToolCallDelta], pieces: list[ToolCallDelta]) -> None:
+    """Add a stream's pieces of tool calls to the whole calls, by index."""
+    for piece in pieces:
+        while len(calls) <= piece.index:
+            calls.append(ToolCallDelta(index=len(calls)))
+        call = calls[piece.index]
+        call.id = piece.id or call.id
+        call.name = piece.name or call.name
+        call.arguments += piece.arguments
 
 
 class _NothingMore:
@@ -142,6 +175,27 @@ class InferenceService:
         if record is not None:
             record.first_token = time.perf_counter()
         return Generation(entry, first, stream, admission, record)
+
+    async def embed(
+        self, request: EmbeddingRequest, principal: Principal, record: UsageRecord | None = None
+    ) -> tuple[Embeddings, RawHeaders]:
+        """Admit the caller and embed; the tokens count against its limits and usage."""
+        entry = self.registry.resolve(request.model)
+        if record is not None:
+            record.model = entry.name
+            record.backend = entry.spec.backend
+        check_model_allowed(principal, entry, request.model)
+        admission = await self.admissions.admit(request, principal, entry)
+        used: int | None = 0
+        try:
+            result = await entry.backend.embed(request)
+            used = result.prompt_tokens
+        finally:
+            settle(admission, used)
+        if record is not None:
+            record.prompt_tokens = result.prompt_tokens
+            record.first_token = time.perf_counter()
+        return result, admission[1].raw_headers if admission is not None else []
 
     def _chain(self, entry: ModelEntry, principal: Principal) -> list[ModelEntry]:
         """The model and, in order, its fallbacks that the caller may use."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from llm_gateway.engine.llama import Sampler
 from llm_gateway.engine.text import TextStream
+from llm_gateway.types import TokenLogprob
 
 # Events handed to the request's asyncio queue.
 Event = tuple[str, Any]
@@ -27,6 +28,11 @@ class Job:
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # set by the event loop thread; read by the engine thread
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
+    special: bool = False  # render special tokens' text (tool-call markers) in the output
+    top: int = -1  # logprobs: -1 none, else how many alternatives per token
+    temperature: float = 1.0  # the distribution logprobs are read from
+    score_prompt: bool = False  # echo with logprobs: the prompt tokens' logprobs too
+    echo: str = ""  # echo: the prompt's text, sent first
     # --- engine thread only ---
     seq: int = -1
     tokens: list[int] = field(default_factory=list)  # everything to be in the KV cache
@@ -37,6 +43,9 @@ class Job:
     first_token_ns: int = 0
     text: TextStream | None = None
     logits_at: int = -1
+    lps: list[TokenLogprob] = field(default_factory=list)  # not yet sent with text
+    prefill_at: list[tuple[int, int]] = field(default_factory=list)  # (batch index, position)
+    prompt_lps: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,15 @@ class Model:
             cached = self._pieces[token] = buf.raw[:n]
         return cached
 
+    def special_piece(self, token: int) -> bytes:
+        """The bytes a token stands for, special tokens' own text included."""
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
     def token_text(self, token: int) -> str:
         """A special token's own text (e.g. '<|im_end|>'), for templates."""
         if token < 0:

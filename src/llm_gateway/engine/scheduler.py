@@ -16,27 +16,23 @@ A cancelled request is dropped at the start of the next step and its cells freed
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import deque
 
-from llm_gateway.engine.job import (
-    Event,
-    Job,
-    SchedulerConfig,
-    close_sampler,
-    common_prefix,
-    deliver,
-)
+from llm_gateway.engine.embedder import SHARE as EMBED_SHARE
+from llm_gateway.engine.embedder import Embedder
+from llm_gateway.engine.job import Job, SchedulerConfig, close_sampler, common_prefix
 from llm_gateway.engine.llama import Batch, Context, LlamaError, Model
+from llm_gateway.engine.logprobs import score_prompt, scored, token_logprob
+from llm_gateway.engine.outbox import Outbox
 from llm_gateway.engine.text import TextStream
 from llm_gateway.errors import BackendError, GatewayError, Overloaded
 from llm_gateway.types import FinishReason, Usage
 
 log = logging.getLogger(__name__)
+EMBED_SLICE_NS = 100e6
 
 
 class Scheduler:
@@ -58,12 +54,11 @@ class Scheduler:
         self._running = False
         self._thread: threading.Thread | None = None
         self.failed: str | None = None
+        self.embedder: Embedder | None = None  # runs between decode steps (embedder.py)
         # Live figures for /health and metrics (written by the engine thread).
         self.tokens_generated = 0
         self.steps = 0
-        self._out: list[tuple[Job, Event]] = []
-        self._urgent = False  # a first token, an end or an error is waiting to go out
-        self._last_flush = 0.0
+        self._outbox = Outbox(cfg.flush_interval_s)
 
     # ---- called from the event loop -------------------------------------
     def start(self) -> None:
@@ -80,7 +75,9 @@ class Scheduler:
         for job in [*self._waiting, *self._active]:
             self._finish_error(job, BackendError("the engine is shutting down"))
             close_sampler(job)
-        self._flush_now()
+        if self.embedder is not None:
+            self.embedder.fail_all(BackendError("the engine is shutting down"))
+        self._outbox.flush_now()
         self._batch.close()
 
     def submit(self, job: Job) -> None:
@@ -96,6 +93,11 @@ class Scheduler:
                 )
             self._waiting.append(job)
             self._cond.notify()
+
+    def attach(self, embedder: Embedder) -> None:
+        """Run the embedder's batches on this thread, between decode steps."""
+        embedder.wake = self._cond
+        self.embedder = embedder
 
     def cancel(self, job: Job) -> None:
         job.cancelled = True
@@ -118,7 +120,7 @@ class Scheduler:
         try:
             while self._wait_for_work():
                 self._step()
-                self._flush()
+                self._outbox.flush()
         except Exception as exc:  # the engine must never die silently
             log.exception("engine thread failed")
             self.failed = str(exc)
@@ -129,19 +131,35 @@ class Scheduler:
             for job in jobs:
                 self._finish_error(job, BackendError(f"engine failure: {exc}"))
                 close_sampler(job)
-            self._flush_now()
+            if self.embedder is not None:
+                self.embedder.fail_all(BackendError(f"engine failure: {exc}"))
+            self._outbox.flush_now()
 
     def _wait_for_work(self) -> bool:
         with self._cond:
-            while self._running and not self._active and not self._waiting:
+            while (
+                self._running
+                and not self._active
+                and not self._waiting
+                and not (self.embedder is not None and self.embedder.pending)
+            ):
                 self._cond.wait()
             return self._running
 
     def _step(self) -> None:
         self._drop_cancelled()
         self._admit()
-        if not self._active:
-            return
+        started = time.perf_counter_ns()
+        if self._active:
+            self._chat_step()
+        embedder = self.embedder
+        if embedder is not None and embedder.pending:
+            # With chats running, embeddings get a share of each step's time; alone,
+            # a slice, after which waiting chats are admitted.
+            chat_ns = time.perf_counter_ns() - started
+            embedder.work(EMBED_SHARE * chat_ns if self._active else EMBED_SLICE_NS)
+
+    def _chat_step(self) -> None:
         before = [job.n_cached for job in self._active]
         self._fill_batch()
         try:
@@ -155,6 +173,8 @@ class Scheduler:
         self.steps += 1
         now = time.perf_counter_ns()
         for job in list(self._active):
+            if job.prefill_at:
+                score_prompt(self.model, self.ctx, job)
             if job.logits_at >= 0:
                 self._sample(job, now)
 
@@ -195,7 +215,7 @@ class Scheduler:
             while self._waiting and self._free_seqs:
                 job = self._waiting[0]
                 tokens = job.tokens or job.prompt
-                source, reuse = self._best_prefix(tokens)
+                source, reuse = (-1, 0) if job.score_prompt else self._best_prefix(tokens)
                 need = len(tokens) - reuse + 1
                 self._evict_cache_for(need, keep=source)
                 if self._active and self._cells_used() + need > self.cfg.n_ctx:
@@ -284,8 +304,12 @@ class Scheduler:
             end = min(len(job.tokens) - 1, job.n_cached + budget)
             if end <= job.n_cached:
                 continue
-            for pos in range(job.n_cached, end):
-                batch.add(job.tokens[pos], pos, job.seq, False)
+            if job.score_prompt:
+                for pos in range(job.n_cached, end):
+                    job.prefill_at.append((batch.add(job.tokens[pos], pos, job.seq, True), pos))
+            else:
+                for pos in range(job.n_cached, end):
+                    batch.add(job.tokens[pos], pos, job.seq, False)
             budget -= end - job.n_cached
             job.n_cached = end
 
@@ -294,16 +318,23 @@ class Scheduler:
         token = job.smpl.sample(self.ctx, job.logits_at)
         if job.first_token_ns == 0:
             job.first_token_ns = now
+            if job.score_prompt:
+                self._outbox.items.append((job, ("prompt", job.prompt_lps)))
+        if job.top >= 0 and not self.model.is_eog(token):
+            job.lps.append(
+                token_logprob(self.model, self.ctx, job.logits_at, token, job.top, job.temperature)
+            )
         if self.model.is_eog(token):
             self._finish(job, "stop")
             return
         job.generated += 1
         self.tokens_generated += 1
         job.tokens.append(token)
-        piece = job.text.feed(self.model.piece(token))
+        model = self.model
+        piece = job.text.feed(model.special_piece(token) if job.special else model.piece(token))
         if piece:
-            self._urgent |= job.generated == 1
-            self._out.append((job, ("text", piece)))
+            self._outbox.urgent |= job.generated == 1
+            self._outbox.items.append((job, ("text", piece) if job.top < 0 else scored(job, piece)))
         if job.text.stopped:
             self._finish(job, "stop")
         elif job.generated >= job.max_tokens or len(job.tokens) >= self.cfg.max_seq_len:
@@ -312,8 +343,8 @@ class Scheduler:
     def _finish(self, job: Job, reason: FinishReason) -> None:
         assert job.text is not None
         tail = job.text.flush()
-        if tail:
-            self._out.append((job, ("text", tail)))
+        if tail or job.lps:
+            self._outbox.items.append((job, ("text", tail) if job.top < 0 else scored(job, tail)))
         end = time.perf_counter_ns()
         first = job.first_token_ns or end
         usage = Usage(
@@ -324,13 +355,13 @@ class Scheduler:
             eval_ns=end - first,
             total_ns=end - job.submitted_ns,
         )
-        self._out.append((job, ("done", (reason, usage))))
-        self._urgent = True
+        self._outbox.items.append((job, ("done", (reason, usage))))
+        self._outbox.urgent = True
         self._release(job)
 
     def _finish_error(self, job: Job, exc: GatewayError) -> None:
-        self._out.append((job, ("error", exc)))
-        self._urgent = True
+        self._outbox.items.append((job, ("error", exc)))
+        self._outbox.urgent = True
 
     def _release(self, job: Job) -> None:
         self._active.remove(job)
@@ -356,29 +387,3 @@ class Scheduler:
         job.n_cached = 0
         with self._cond:
             self._waiting.appendleft(job)
-
-    def _flush(self) -> None:
-        """Hand events over, at most once per flush interval unless one is urgent.
-
-        Each hand-over wakes the event loop thread, which then competes with the
-        decode threads for the CPU; on a small machine, batching a few tokens
-        per wake-up is worth more than the few milliseconds it holds them.
-        """
-        now = time.perf_counter()
-        if self._urgent or now - self._last_flush >= self.cfg.flush_interval_s:
-            self._flush_now()
-            self._last_flush = now
-
-    def _flush_now(self) -> None:
-        """Hand the pending events to the event loop(s) in one call per loop."""
-        self._urgent = False
-        if not self._out:
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Event]]] = {}
-        for job, event in self._out:
-            by_loop.setdefault(job.loop, []).append((job, event))
-        self._out = []
-        for loop, items in by_loop.items():
-            # A closed loop raises RuntimeError: nobody is listening any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(deliver, items)

@@ -13,8 +13,9 @@ from typing import Any, NoReturn
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from llm_gateway.engine.toolprompt import fallback_payload, native_message, tool_spec
 from llm_gateway.errors import InvalidRequest
-from llm_gateway.types import Message
+from llm_gateway.types import Message, Tool
 
 # Used when a GGUF file carries no template: ChatML, which SmolLM2, Qwen and
 # many others are trained on.
@@ -41,15 +42,31 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self._bos = bos_token
         self._eos = eos_token
+        # Hugging Face's test: a template that reads `tools` renders them itself.
+        self.knows_tools = "tools" in self.source
 
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        payload: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in messages]
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Tool] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt; tools go in the template's own way, or the fallback's (toolprompt)."""
+        extra: dict[str, Any] = {}
+        if not self.knows_tools:
+            payload = fallback_payload(messages, tools)
+        else:
+            payload = [native_message(m) for m in messages]
+            if tools:
+                extra["tools"] = [tool_spec(t) for t in tools]
         try:
             return self._template.render(
                 messages=payload,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self._bos,
                 eos_token=self._eos,
+                **extra,
             )
         except InvalidRequest:
             raise

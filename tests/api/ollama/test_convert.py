@@ -93,7 +93,8 @@ def test_options_map_to_sampling() -> None:
 
 
 GEN_BAD: list[tuple[str, dict[str, Any], str]] = [
-    ("images", {"model": "m", "prompt": "x", "images": ["aGk="]}, "images"),
+    ("images in raw mode", {"model": "m", "prompt": "x", "raw": True, "images": ["aGk="]}, "raw"),
+    ("top_logprobs range", {"model": "m", "prompt": "x", "top_logprobs": 50}, "top_logprobs"),
     ("template override", {"model": "m", "prompt": "x", "template": "{{ .Prompt }}"}, "template"),
     ("old context", {"model": "m", "prompt": "x", "context": [1, 2]}, "context"),
     ("bad format", {"model": "m", "prompt": "x", "format": "xml"}, "format"),

@@ -8,12 +8,20 @@ import orjson
 import pytest
 
 from llm_gateway.api.decode import decode_body
-from llm_gateway.api.openai import convert
+from llm_gateway.api.openai import convert, replies
 from llm_gateway.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import Chunk, JsonFormat, Message, Usage
 
 USER = [{"role": "user", "content": "hi"}]
+
+
+def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
+    fn: dict[str, Any] = {"name": name}
+    if parameters is not None:
+        fn["parameters"] = parameters
+    return {"type": "function", "function": fn}
+
 
 CHAT_OK: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     (
@@ -121,23 +129,85 @@ CHAT_BAD: list[tuple[str, Any, str | None, str]] = [
         "robot",
     ),
     (
-        "image parts",
+        "audio parts",
         {
             "model": "m",
-            "messages": [
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
-            ],
+            "messages": [{"role": "user", "content": [{"type": "input_audio", "text": "x"}]}],
         },
         "messages[0].content",
-        "image_url",
+        "input_audio",
     ),
     (
-        "tools",
-        {"model": "m", "messages": USER, "tools": [{"type": "function"}]},
-        "tools",
-        "tool calling",
+        "a tool that is not a function",
+        {"model": "m", "messages": USER, "tools": [{"type": "retrieval"}]},
+        "tools[0].type",
+        "retrieval",
     ),
-    ("logprobs", {"model": "m", "messages": USER, "logprobs": True}, "logprobs", "logprobs"),
+    (
+        "a tool schema that is not an object",
+        {"model": "m", "messages": USER, "tools": [_tool("f", {"type": "string"})]},
+        "tools[0].function.parameters",
+        "object",
+    ),
+    (
+        "a tool schema of the wrong JSON type",
+        {"model": "m", "messages": USER, "tools": [_tool("f", "{}")]},
+        "tools[0].function.parameters",
+        "tools[0].function.parameters",
+    ),
+    (
+        "a bad function name",
+        {"model": "m", "messages": USER, "tools": [_tool("get weather")]},
+        "tools[0].function.name",
+        "get weather",
+    ),
+    (
+        "a function defined twice",
+        {"model": "m", "messages": USER, "tools": [_tool("f"), _tool("f")]},
+        "tools[1].function.name",
+        "twice",
+    ),
+    (
+        "tool_choice names an unknown tool",
+        {
+            "model": "m",
+            "messages": USER,
+            "tools": [_tool("f")],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        "tool_choice",
+        "'g'",
+    ),
+    (
+        "tool_choice of an unknown kind",
+        {"model": "m", "messages": USER, "tools": [_tool("f")], "tool_choice": "always"},
+        "tool_choice",
+        "always",
+    ),
+    (
+        "required without tools",
+        {"model": "m", "messages": USER, "tool_choice": "required"},
+        "tool_choice",
+        "needs 'tools'",
+    ),
+    (
+        "a tool message without tool_call_id",
+        {"model": "m", "messages": [*USER, {"role": "tool", "content": "42"}]},
+        "messages[1].tool_call_id",
+        "tool_call_id",
+    ),
+    (
+        "top_logprobs out of range",
+        {"model": "m", "messages": USER, "logprobs": True, "top_logprobs": 21},
+        "top_logprobs",
+        "between 0 and 20",
+    ),
+    (
+        "top_logprobs without logprobs",
+        {"model": "m", "messages": USER, "top_logprobs": 2},
+        "top_logprobs",
+        "logprobs",
+    ),
     (
         "unknown response_format",
         {"model": "m", "messages": USER, "response_format": {"type": "yaml"}},
@@ -179,7 +249,8 @@ COMPLETION_BAD: list[tuple[str, dict[str, Any], str]] = [
     ("token arrays", {"model": "m", "prompt": [1, 2, 3]}, "prompt"),
     ("several prompts", {"model": "m", "prompt": ["a", "b"]}, "prompt"),
     ("no prompt", {"model": "m"}, "prompt"),
-    ("echo", {"model": "m", "prompt": "x", "echo": True}, "echo"),
+    ("logprobs over 20", {"model": "m", "prompt": "x", "logprobs": 21}, "logprobs"),
+    ("logprobs true", {"model": "m", "prompt": "x", "logprobs": True}, "logprobs"),
     ("suffix", {"model": "m", "prompt": "x", "suffix": "y"}, "suffix"),
     ("best_of", {"model": "m", "prompt": "x", "best_of": 3}, "best_of"),
 ]
@@ -201,12 +272,12 @@ def test_completion_prompt_is_raw() -> None:
         assert (req.prompt, req.raw, req.messages, req.max_tokens) == ("once upon", True, None, 3)
 
 
-CTX = convert.ReplyContext(id="chatcmpl-1", created=1, model="m")
+CTX = replies.ReplyContext(id="chatcmpl-1", created=1, model="m")
 FINAL = Chunk(text="", finish_reason="length", usage=Usage(prompt_tokens=3, completion_tokens=2))
 
 
 def test_chat_response_shape() -> None:
-    body = convert.chat_response(CTX, "hello", FINAL)
+    body = replies.chat_response(CTX, "hello", FINAL)
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert body["choices"][0]["finish_reason"] == "length"
@@ -219,7 +290,7 @@ def test_chat_response_shape() -> None:
 
 
 def test_stream_chunks_carry_null_usage_only_when_asked() -> None:
-    assert "usage" not in convert.chat_chunk(CTX, {"content": "x"}, None, False)
-    assert convert.chat_chunk(CTX, {"content": "x"}, None, True)["usage"] is None
-    last = convert.usage_chunk(CTX, "chat.completion.chunk", FINAL.usage)
+    assert "usage" not in replies.chat_chunk(CTX, Chunk(text="x"), False, False)
+    assert replies.chat_chunk(CTX, Chunk(text="x"), False, True)["usage"] is None
+    last = replies.usage_chunk(CTX, "chat.completion.chunk", FINAL.usage)
     assert last["choices"] == [] and last["usage"]["total_tokens"] == 5

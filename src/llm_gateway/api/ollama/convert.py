@@ -9,7 +9,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, Options
+import orjson
+
+from llm_gateway.api.ollama.schemas import (
+    ChatMessage,
+    ChatRequest,
+    GenerateRequest,
+    Options,
+    ToolCallIn,
+)
+from llm_gateway.api.tools import tools_from
 from llm_gateway.api.validate import check_min, check_range, stop_list
 from llm_gateway.errors import GatewayError, InvalidRequest
 from llm_gateway.types import (
@@ -20,6 +29,9 @@ from llm_gateway.types import (
     ModelDetails,
     Role,
     Sampling,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
 )
 
 _ROLES: dict[str, Role] = {
@@ -77,9 +89,12 @@ def _refuse_thinking(think: bool | str | None, model: str) -> None:
         raise InvalidRequest(f'"{model}" does not support thinking')
 
 
+def _logprobs(body: ChatRequest | GenerateRequest) -> dict[str, Any]:
+    check_range("top_logprobs", body.top_logprobs, 0, 20)
+    return {"logprobs": bool(body.logprobs), "top_logprobs": body.top_logprobs or 0}
+
+
 def from_generate_request(body: GenerateRequest) -> GenerationRequest:
-    if body.images:
-        raise InvalidRequest(f'"{body.model}" does not support images')
     if body.suffix:
         raise InvalidRequest(f'"{body.model}" does not support insert (suffix)')
     if body.template:
@@ -97,32 +112,57 @@ def from_generate_request(body: GenerateRequest) -> GenerationRequest:
         json_format=_json_format(body.format),
         stream=body.stream is not False,
         **_options(body.options),
+        **_logprobs(body),
     )
     if body.raw:
+        if body.images:
+            raise InvalidRequest("images need the chat template; raw: true takes none")
         return GenerationRequest(prompt=body.prompt, raw=True, **common)
     messages = [Message(role="system", content=body.system)] if body.system else []
-    messages.append(Message(role="user", content=body.prompt))
+    messages.append(Message(role="user", content=body.prompt, images=body.images or None))
     return GenerationRequest(messages=messages, **common)
 
 
+def _calls(i: int, calls: list[ToolCallIn]) -> list[ToolCall]:
+    return [
+        ToolCall(
+            id=c.id or f"call_{i}_{j}",
+            name=c.function.name,
+            arguments=(
+                c.function.arguments
+                if isinstance(c.function.arguments, str)
+                else orjson.dumps(c.function.arguments).decode()
+            ),
+        )
+        for j, c in enumerate(calls)
+    ]
+
+
+def _message(i: int, m: ChatMessage) -> Message:
+    role = _ROLES.get(m.role)
+    if role is None:
+        raise InvalidRequest(f'messages[{i}].role "{m.role}" is not one of {", ".join(_ROLES)}')
+    tool = role == "tool"
+    return Message(
+        role=role,
+        content=m.content or "",
+        images=m.images or None,
+        tool_calls=_calls(i, m.tool_calls) if m.tool_calls and role == "assistant" else None,
+        tool_call_id=m.tool_call_id if tool else None,
+        name=(m.tool_name or m.name) if tool else None,
+    )
+
+
 def from_chat_request(body: ChatRequest) -> GenerationRequest:
-    if body.tools:
-        raise InvalidRequest(f'"{body.model}" does not support tools')
     _refuse_thinking(body.think, body.model)
-    messages = []
-    for i, m in enumerate(body.messages):
-        role = _ROLES.get(m.role)
-        if role is None:
-            raise InvalidRequest(f'messages[{i}].role "{m.role}" is not one of {", ".join(_ROLES)}')
-        if m.images:
-            raise InvalidRequest(f'"{body.model}" does not support images')
-        messages.append(Message(role=role, content=m.content))
     return GenerationRequest(
         model=body.model,
-        messages=messages,
+        messages=[_message(i, m) for i, m in enumerate(body.messages)],
         json_format=_json_format(body.format),
         stream=body.stream is not False,
+        tools=tools_from(body.tools),
         **_options(body.options),
+        **_logprobs(body),
     )
 
 
@@ -143,31 +183,88 @@ def final_fields(final: Chunk) -> dict[str, Any]:
     }
 
 
-def generate_chunk(model: str, text: str) -> dict[str, Any]:
-    return {"model": model, "created_at": now_rfc3339(), "response": text, "done": False}
+def logprobs_body(items: list[TokenLogprob]) -> list[dict[str, Any]]:
+    """Ollama's logprobs: {token, logprob, bytes, top_logprobs: [...]} per token."""
+    return [
+        {
+            "token": t.token,
+            "logprob": t.logprob,
+            "bytes": t.bytes,
+            "top_logprobs": [{"token": a, "logprob": lp, "bytes": b} for a, lp, b in t.top],
+        }
+        for t in items
+    ]
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        return text  # not JSON: passed on as the model wrote it
+
+
+def tool_calls_body(calls: list[ToolCallDelta]) -> list[dict[str, Any]]:
+    """Ollama's tool calls: arguments as an object, not JSON text."""
+    return [
+        {
+            "id": c.id,
+            "function": {
+                "index": c.index,
+                "name": c.name,
+                "arguments": _arguments(c.arguments),
+            },
+        }
+        for c in calls
+    ]
+
+
+def _reply_message(text: str, chunk: Chunk) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if chunk.tool_calls:
+        message["tool_calls"] = tool_calls_body(chunk.tool_calls)
+    return message
+
+
+def generate_chunk(model: str, chunk: Chunk) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": model,
+        "created_at": now_rfc3339(),
+        "response": chunk.text,
+        "done": False,
+    }
+    if chunk.logprobs is not None:
+        out["logprobs"] = logprobs_body(chunk.logprobs)
+    return out
 
 
 def generate_final(model: str, text: str, final: Chunk) -> dict[str, Any]:
-    out = {"model": model, "created_at": now_rfc3339(), "response": text}
+    out: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "response": text}
+    if final.logprobs is not None:
+        out["logprobs"] = logprobs_body(final.logprobs)
     out.update(final_fields(final))
     return out
 
 
-def chat_chunk(model: str, text: str) -> dict[str, Any]:
-    return {
+def chat_chunk(model: str, chunk: Chunk) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "model": model,
         "created_at": now_rfc3339(),
-        "message": {"role": "assistant", "content": text},
+        "message": _reply_message(chunk.text, chunk),
         "done": False,
     }
+    if chunk.logprobs is not None:
+        out["logprobs"] = logprobs_body(chunk.logprobs)
+    return out
 
 
 def chat_final(model: str, text: str, final: Chunk) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": model,
         "created_at": now_rfc3339(),
-        "message": {"role": "assistant", "content": text},
+        "message": _reply_message(text, final),
     }
+    if final.logprobs is not None:
+        out["logprobs"] = logprobs_body(final.logprobs)
     out.update(final_fields(final))
     return out
 

@@ -16,18 +16,24 @@ from starlette.routing import Route
 
 from llm_gateway.api.context import RequestContext, reply
 from llm_gateway.api.decode import decode_body
-from llm_gateway.api.ollama import convert
-from llm_gateway.api.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest
+from llm_gateway.api.ollama import convert, embed
+from llm_gateway.api.ollama.schemas import (
+    ChatRequest,
+    EmbedRequest,
+    GenerateRequest,
+    LegacyEmbeddingsRequest,
+    ShowRequest,
+)
 from llm_gateway.core.registry import ModelEntry
-from llm_gateway.core.service import Generation
+from llm_gateway.core.service import Generation, merge_tool_calls
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, ndjson, read_body
 from llm_gateway.errors import InvalidRequest
-from llm_gateway.types import Chunk, GenerationRequest
+from llm_gateway.types import Chunk, GenerationRequest, ToolCallDelta
 from llm_gateway.version import __version__
 
 NDJSON = "application/x-ndjson"
-Piece = Callable[[str, str], dict[str, Any]]
+Piece = Callable[[str, Chunk], dict[str, Any]]
 Final = Callable[[str, str, Chunk], dict[str, Any]]
 
 
@@ -64,19 +70,49 @@ async def _reply(
 
 
 async def _lines(gen: Generation, model: str, piece: Piece, final: Final) -> AsyncIterator[bytes]:
+    calls: list[ToolCallDelta] = []  # Ollama sends whole calls: OpenAI's pieces are joined
     try:
         async for chunk in gen:
+            if chunk.tool_calls:
+                merge_tool_calls(calls, chunk.tool_calls)
+                chunk = Chunk(
+                    text=chunk.text,
+                    finish_reason=chunk.finish_reason,
+                    usage=chunk.usage,
+                    logprobs=chunk.logprobs,
+                )
             if chunk.finish_reason is None:
-                yield ndjson(piece(model, chunk.text))
+                if chunk.text or chunk.logprobs:
+                    yield ndjson(piece(model, chunk))
                 continue
-            if chunk.text:
-                yield ndjson(piece(model, chunk.text))
-            yield ndjson(final(model, "", chunk))
+            if chunk.text or chunk.logprobs or calls:
+                yield ndjson(
+                    piece(
+                        model,
+                        Chunk(text=chunk.text, tool_calls=calls or None, logprobs=chunk.logprobs),
+                    )
+                )
+            last = Chunk(text="", finish_reason=chunk.finish_reason, usage=chunk.usage)
+            yield ndjson(final(model, "", last))
             return
     except Exception as exc:
         yield ndjson(convert.error_body(as_gateway_error(exc)))
     finally:
         await gen.aclose()
+
+
+async def embed_route(request: Request) -> Response:
+    ctx = RequestContext.of(request)
+    body = decode_body(await read_body(request), EmbedRequest)
+    result, headers = await ctx.embed(embed.from_embed_request(body))
+    return JSONResponse(embed.embed_response(body.model, result), headers=headers)
+
+
+async def legacy_embeddings(request: Request) -> Response:
+    ctx = RequestContext.of(request)
+    body = decode_body(await read_body(request), LegacyEmbeddingsRequest)
+    result, headers = await ctx.embed(embed.from_legacy_request(body))
+    return JSONResponse(embed.legacy_response(result), headers=headers)
 
 
 def _modified(entry: ModelEntry) -> str:
@@ -128,6 +164,8 @@ async def version(request: Request) -> Response:
 routes = [
     Route("/api/generate", generate, methods=["POST"]),
     Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/embed", embed_route, methods=["POST"]),
+    Route("/api/embeddings", legacy_embeddings, methods=["POST"]),
     Route("/api/tags", tags, methods=["GET"]),
     Route("/api/models", tags, methods=["GET"]),  # the seed's name for the same list
     Route("/api/show", show, methods=["POST"]),

@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 
+from llm_gateway.api.tools import ToolSpec
+
 
 class Options(msgspec.Struct):
     temperature: float | None = None
@@ -33,6 +35,8 @@ class _Common(msgspec.Struct):
     options: Options | None = None
     keep_alive: str | float | None = None
     think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class GenerateRequest(_Common):
@@ -45,19 +49,51 @@ class GenerateRequest(_Common):
     images: list[str] | None = None
 
 
+class CalledFunction(msgspec.Struct):
+    name: str
+    arguments: dict[str, Any] | str = {}
+    index: int | None = None
+
+
+class ToolCallIn(msgspec.Struct):
+    function: CalledFunction
+    id: str | None = None
+
+
 class ChatMessage(msgspec.Struct):
     role: str
-    content: str = ""
+    content: str | None = ""
     images: list[str] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_name: str | None = None  # a tool turn: the function that answered
+    tool_call_id: str | None = None
+    name: str | None = None  # tool_name's older spelling
 
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = []
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolSpec] | None = None
 
 
 class ShowRequest(msgspec.Struct):
     model: str = ""
     name: str = ""  # the field's name before Ollama 0.5
     verbose: bool = False
+
+
+class EmbedRequest(msgspec.Struct):
+    model: str
+    input: str | list[str] = ""
+    truncate: bool = True
+    dimensions: int | None = None
+    keep_alive: str | float | None = None
+    options: Options | None = None
+
+
+class LegacyEmbeddingsRequest(msgspec.Struct):
+    """``/api/embeddings``, before ``/api/embed``: one prompt, one vector."""
+
+    model: str
+    prompt: str = ""
+    keep_alive: str | float | None = None
+    options: Options | None = None

@@ -1,24 +1,38 @@
-"""Pure converters between OpenAI wire bodies and the internal request/chunk model.
+"""Pure converters from OpenAI request bodies to the internal request model
+(replies.py goes the other way).
 
-No framework imports: functions take decoded structs or core types and return
-core types or plain dicts ready for JSON. Spec: OpenAI API reference,
-"Chat Completions" and "Completions (legacy)".
+No framework imports: functions take decoded structs and return core types.
+Spec: OpenAI API reference, "Chat Completions" and "Completions (legacy)".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from llm_gateway.api.openai.schemas import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
+    ContentPart,
+    ImageUrl,
     ResponseFormat,
+    ToolCallIn,
 )
+from llm_gateway.api.tools import choice_from, tools_from
 from llm_gateway.api.validate import check_min, check_range, stop_list
-from llm_gateway.errors import GatewayError, InvalidRequest
-from llm_gateway.types import Chunk, GenerationRequest, JsonFormat, Message, Role, Sampling, Usage
+from llm_gateway.errors import InvalidRequest
+from llm_gateway.types import (
+    GenerationRequest,
+    JsonFormat,
+    Message,
+    Role,
+    Sampling,
+    ToolCall,
+)
+
+MAX_TOP_LOGPROBS = 20
 
 _ROLES: dict[str, Role] = {
     "system": "system",
@@ -29,16 +43,50 @@ _ROLES: dict[str, Role] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ReplyContext:
-    """What every response object of one request repeats."""
-
-    id: str
-    created: int
-    model: str
-
-
 # ---- requests ---------------------------------------------------------------
+def _image(i: int, part: ContentPart) -> str:
+    url = part.image_url.url if isinstance(part.image_url, ImageUrl) else part.image_url
+    if not url:
+        raise InvalidRequest(
+            f"messages[{i}].content image_url part needs image_url.url",
+            param=f"messages[{i}].content",
+        )
+    return url
+
+
+def _content(i: int, content: str | list[ContentPart] | None) -> tuple[str, list[str] | None]:
+    """(text, image URLs) of a message's content: a string or a list of parts."""
+    if content is None or isinstance(content, str):
+        return content or "", None
+    texts, images = [], []
+    for part in content:
+        if part.type == "text" and part.text is not None:
+            texts.append(part.text)
+        elif part.type == "image_url":
+            images.append(_image(i, part))
+        else:
+            raise InvalidRequest(
+                f"messages[{i}].content part of type '{part.type}' is not supported; "
+                f"text and image_url parts are",
+                param=f"messages[{i}].content",
+            )
+    return "".join(texts), images or None
+
+
+def _calls(i: int, calls: list[ToolCallIn]) -> list[ToolCall]:
+    out = []
+    for j, c in enumerate(calls):
+        args = c.function.arguments
+        out.append(
+            ToolCall(
+                id=c.id or f"call_{i}_{j}",
+                name=c.function.name,
+                arguments=args if isinstance(args, str) else orjson.dumps(args).decode(),
+            )
+        )
+    return out
+
+
 def _message(i: int, m: ChatMessage) -> Message:
     role = _ROLES.get(m.role)
     if role is None:
@@ -46,18 +94,21 @@ def _message(i: int, m: ChatMessage) -> Message:
             f"messages[{i}].role '{m.role}' is not one of {', '.join(_ROLES)}",
             param=f"messages[{i}].role",
         )
-    if m.content is None or isinstance(m.content, str):
-        return Message(role=role, content=m.content or "")
-    texts = []
-    for part in m.content:
-        if part.type != "text" or part.text is None:
-            raise InvalidRequest(
-                f"messages[{i}].content part of type '{part.type}' is not "
-                f"supported; only text parts are",
-                param=f"messages[{i}].content",
-            )
-        texts.append(part.text)
-    return Message(role=role, content="".join(texts))
+    text, images = _content(i, m.content)
+    if role == "tool" and not m.tool_call_id:
+        raise InvalidRequest(
+            f"messages[{i}] has role 'tool' but no tool_call_id",
+            param=f"messages[{i}].tool_call_id",
+        )
+    calls = _calls(i, m.tool_calls) if m.tool_calls and role == "assistant" else None
+    return Message(
+        role=role,
+        content=text,
+        tool_calls=calls,
+        tool_call_id=m.tool_call_id if role == "tool" else None,
+        name=m.name if role == "tool" else None,
+        images=images,
+    )
 
 
 def _json_format(rf: ResponseFormat | None) -> JsonFormat | None:
@@ -82,8 +133,6 @@ def _common(
 ) -> dict[str, Any]:
     if body.n is not None and body.n != 1:
         raise InvalidRequest("only n=1 is supported", param="n")
-    if body.logprobs:
-        raise InvalidRequest("logprobs are not supported", param="logprobs")
     if body.logit_bias:
         raise InvalidRequest("logit_bias is not supported", param="logit_bias")
     check_range("temperature", body.temperature, 0, 2)
@@ -115,16 +164,28 @@ def _common(
 def from_chat_request(body: ChatCompletionRequest) -> GenerationRequest:
     if not body.messages:
         raise InvalidRequest("'messages' must hold at least one message", param="messages")
-    if body.tools:
-        raise InvalidRequest("tool calling is not supported by this gateway", param="tools")
     max_tokens = (
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     )
     common = _common(body, max_tokens)
+    tools = tools_from(body.tools)
+    choice, name = choice_from(body.tool_choice, tools)
+    if body.logprobs is not None and not isinstance(body.logprobs, bool):
+        raise InvalidRequest("chat 'logprobs' is true or false", param="logprobs")
+    top = body.top_logprobs
+    check_range("top_logprobs", top, 0, MAX_TOP_LOGPROBS)
+    if top and not body.logprobs:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     return GenerationRequest(
         messages=[_message(i, m) for i, m in enumerate(body.messages)],
         json_format=_json_format(body.response_format),
         stream=bool(body.stream),
+        tools=tools,
+        tool_choice=choice,
+        tool_name=name,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        logprobs=bool(body.logprobs),
+        top_logprobs=top or 0,
         **common,
     )
 
@@ -140,8 +201,9 @@ def from_completion_request(body: CompletionRequest) -> GenerationRequest:
         prompt = prompt[0]
     if prompt is None:
         raise InvalidRequest("'prompt' is required", param="prompt")
-    if body.echo:
-        raise InvalidRequest("echo is not supported", param="echo")
+    if isinstance(body.logprobs, bool) and body.logprobs:
+        raise InvalidRequest("completions 'logprobs' is a number (0 to 20)", param="logprobs")
+    check_range("logprobs", body.logprobs, 0, MAX_TOP_LOGPROBS)
     if body.suffix:
         raise InvalidRequest("suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != 1:
@@ -152,104 +214,12 @@ def from_completion_request(body: CompletionRequest) -> GenerationRequest:
         raw=True,
         json_format=_json_format(body.response_format),
         stream=bool(body.stream),
+        logprobs=body.logprobs is not None,
+        top_logprobs=int(body.logprobs or 0),
+        echo=bool(body.echo),
         **common,
     )
 
 
 def wants_usage_in_stream(body: ChatCompletionRequest | CompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
-
-
-# ---- responses --------------------------------------------------------------
-def usage_body(usage: Usage | None) -> dict[str, Any]:
-    u = usage or Usage()
-    return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-    }
-
-
-def chat_response(ctx: ReplyContext, text: str, final: Chunk) -> dict[str, Any]:
-    return {
-        "id": ctx.id,
-        "object": "chat.completion",
-        "created": ctx.created,
-        "model": ctx.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": final.finish_reason,
-            }
-        ],
-        "usage": usage_body(final.usage),
-    }
-
-
-def chat_chunk(
-    ctx: ReplyContext, delta: dict[str, str], finish: str | None, with_usage: bool
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": ctx.id,
-        "object": "chat.completion.chunk",
-        "created": ctx.created,
-        "model": ctx.model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if with_usage:  # spec: with include_usage every chunk carries "usage": null but the last
-        out["usage"] = None
-    return out
-
-
-def usage_chunk(ctx: ReplyContext, obj: str, usage: Usage | None) -> dict[str, Any]:
-    """The extra last chunk of stream_options.include_usage: empty choices, usage set."""
-    return {
-        "id": ctx.id,
-        "object": obj,
-        "created": ctx.created,
-        "model": ctx.model,
-        "choices": [],
-        "usage": usage_body(usage),
-    }
-
-
-def completion_response(ctx: ReplyContext, text: str, final: Chunk) -> dict[str, Any]:
-    return {
-        "id": ctx.id,
-        "object": "text_completion",
-        "created": ctx.created,
-        "model": ctx.model,
-        "choices": [
-            {"index": 0, "text": text, "logprobs": None, "finish_reason": final.finish_reason}
-        ],
-        "usage": usage_body(final.usage),
-    }
-
-
-def completion_chunk(
-    ctx: ReplyContext, text: str, finish: str | None, with_usage: bool
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": ctx.id,
-        "object": "text_completion",
-        "created": ctx.created,
-        "model": ctx.model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-    }
-    if with_usage:
-        out["usage"] = None
-    return out
-
-
-def error_body(exc: GatewayError) -> dict[str, Any]:
-    """OpenAI's error envelope: {"error": {message, type, param, code}}."""
-    return {
-        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
-    }
-
-
-def model_card(name: str, created: int, owned_by: str = "llm-gateway") -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}

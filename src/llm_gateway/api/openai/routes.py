@@ -20,8 +20,12 @@ from starlette.routing import Route
 
 from llm_gateway.api.context import RequestContext, reply
 from llm_gateway.api.decode import decode_body
-from llm_gateway.api.openai import convert
-from llm_gateway.api.openai.schemas import ChatCompletionRequest, CompletionRequest
+from llm_gateway.api.openai import convert, embed, replies
+from llm_gateway.api.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingsRequest,
+)
 from llm_gateway.core.service import Generation
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, read_body, sse
@@ -33,8 +37,8 @@ Piece = Callable[[Chunk, bool], dict[str, Any]]
 """One chunk as a stream event (``True``: the stream's first)."""
 
 
-def _ctx(prefix: str, model: str) -> convert.ReplyContext:
-    return convert.ReplyContext(
+def _ctx(prefix: str, model: str) -> replies.ReplyContext:
+    return replies.ReplyContext(
         id=f"{prefix}-{random.getrandbits(128):032x}", created=int(time.time()), model=model
     )
 
@@ -46,15 +50,12 @@ async def chat_completions(request: Request) -> Response | EventStream:
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
-        delta = {"role": "assistant", "content": chunk.text} if first else {"content": chunk.text}
-        return convert.chat_chunk(
-            out, delta if chunk.text or first else {}, chunk.finish_reason, usage
-        )
+        return replies.chat_chunk(out, chunk, first, usage)
 
     return await reply(
         ctx,
         convert.from_chat_request(body),
-        lambda text, final: convert.chat_response(out, text, final),
+        lambda text, final: replies.chat_response(out, text, final),
         lambda gen: _events(gen, out, "chat.completion.chunk", piece, usage),
         SSE,
     )
@@ -66,13 +67,18 @@ async def completions(request: Request) -> Response | EventStream:
     out = _ctx("cmpl", body.model)
     usage = convert.wants_usage_in_stream(body)
 
+    offset = 0
+
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
-        return convert.completion_chunk(out, chunk.text, chunk.finish_reason, usage)
+        nonlocal offset
+        event = replies.completion_chunk(out, chunk, offset, usage)
+        offset += len(chunk.text)
+        return event
 
     return await reply(
         ctx,
         convert.from_completion_request(body),
-        lambda text, final: convert.completion_response(out, text, final),
+        lambda text, final: replies.completion_response(out, text, final),
         lambda gen: _events(gen, out, "text_completion", piece, usage),
         SSE,
     )
@@ -80,7 +86,7 @@ async def completions(request: Request) -> Response | EventStream:
 
 async def _events(
     gen: Generation,
-    out: convert.ReplyContext,
+    out: replies.ReplyContext,
     obj: str,
     piece: Piece,
     usage: bool,
@@ -88,38 +94,55 @@ async def _events(
     first = True
     try:
         async for chunk in gen:
-            if chunk.finish_reason is not None and chunk.text:
+            if chunk.finish_reason is not None and (chunk.text or chunk.tool_calls):
                 # Keep the text and the finish in separate events, as OpenAI does.
-                yield sse(piece(Chunk(text=chunk.text), first))
-                first = False
+                text = Chunk(text=chunk.text, tool_calls=chunk.tool_calls, logprobs=chunk.logprobs)
+                for part in replies.split_tool_calls(text):
+                    yield sse(piece(part, first))
+                    first = False
                 chunk = Chunk(text="", finish_reason=chunk.finish_reason, usage=chunk.usage)
+            elif chunk.tool_calls:
+                for part in replies.split_tool_calls(chunk):
+                    yield sse(piece(part, first))
+                    first = False
+                continue
             yield sse(piece(chunk, first))
             first = False
             if chunk.finish_reason is not None:
                 if usage:
-                    yield sse(convert.usage_chunk(out, obj, chunk.usage))
+                    yield sse(replies.usage_chunk(out, obj, chunk.usage))
                 yield DONE
                 return
     except Exception as exc:
-        yield sse(convert.error_body(as_gateway_error(exc)))
+        yield sse(replies.error_body(as_gateway_error(exc)))
     finally:
         await gen.aclose()
 
 
+async def embeddings(request: Request) -> Response:
+    ctx = RequestContext.of(request)
+    body = decode_body(await read_body(request), EmbeddingsRequest)
+    result, headers = await ctx.embed(embed.from_embeddings_request(body))
+    return JSONResponse(
+        embed.embeddings_response(body.model, result, body.encoding_format), headers=headers
+    )
+
+
 async def list_models(request: Request) -> Response:
     registry = RequestContext.of(request).registry
-    data = [convert.model_card(e.name, e.created) for e in registry]
+    data = [replies.model_card(e.name, e.created) for e in registry]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request) -> Response:
     entry = RequestContext.of(request).registry.resolve(request.path_params["model"])
-    return JSONResponse(convert.model_card(entry.name, entry.created))
+    return JSONResponse(replies.model_card(entry.name, entry.created))
 
 
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", get_model, methods=["GET"]),
 ]
@@ -129,5 +152,5 @@ fast_routes = {
     ("POST", "/v1/completions"): completions,
 }
 
-error_shapes = {"/v1": convert.error_body}
+error_shapes = {"/v1": replies.error_body}
 """OpenAI's error body for every path under /v1."""

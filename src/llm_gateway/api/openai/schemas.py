@@ -10,17 +10,37 @@ from typing import Any
 
 import msgspec
 
+from llm_gateway.api.tools import ToolSpec
+
+
+class ImageUrl(msgspec.Struct):
+    url: str
+    detail: str | None = None
+
 
 class ContentPart(msgspec.Struct):
     type: str
     text: str | None = None
+    image_url: ImageUrl | str | None = None
+
+
+class CalledFunction(msgspec.Struct):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCallIn(msgspec.Struct):
+    function: CalledFunction
+    id: str | None = None
+    type: str = "function"
 
 
 class ChatMessage(msgspec.Struct):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
 
 class JsonSchemaSpec(msgspec.Struct):
@@ -63,8 +83,9 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = []
     max_completion_tokens: int | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolSpec] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     top_logprobs: int | None = None
 
 
@@ -74,3 +95,11 @@ class CompletionRequest(_Common):
     echo: bool | None = None
     best_of: int | None = None
     response_format: ResponseFormat | None = None  # extension (llama.cpp server)
+
+
+class EmbeddingsRequest(msgspec.Struct):
+    model: str
+    input: str | list[Any]  # a string, strings, a token array or token arrays: see embed.py
+    encoding_format: str | None = None
+    dimensions: int | None = None
+    user: str | None = None

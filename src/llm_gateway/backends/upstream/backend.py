@@ -51,8 +51,14 @@ from llm_gateway.backends.upstream.wire import (
     openai_reply,
     openai_request,
 )
+from llm_gateway.backends.upstream.wire_embed import (
+    ollama_embed_reply,
+    ollama_embed_request,
+    openai_embed_reply,
+    openai_embed_request,
+)
 from llm_gateway.errors import UpstreamError, UpstreamUnavailable
-from llm_gateway.types import Chunk, GenerationRequest, ModelDetails
+from llm_gateway.types import Chunk, EmbeddingRequest, Embeddings, GenerationRequest, ModelDetails
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +254,40 @@ class UpstreamBackend:
             )
         return UpstreamError(f"model '{self.name}': upstream failed after retries ({last})")
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embeddings from the upstream, with the retries, replicas and breakers of ``complete``."""
+        build = openai_embed_request if self.spec.kind == "openai" else ollama_embed_request
+        path, body = build(request, self.spec.model)
+        parse = openai_embed_reply if self.spec.kind == "openai" else ollama_embed_reply
+        tried: set[int] = set()
+        last: str | None = None
+        for attempt in range(self.spec.retries + 1):
+            picked = self._pick(tried)
+            if picked is None:
+                break
+            replica, trial = picked
+            replica.outstanding += 1
+            try:
+                data = await self._read_whole(replica, path, body)
+                replica.succeeded()
+                return parsed(parse, data)
+            except (Retryable, OSError, UpstreamStreamError) as exc:
+                last = await self._failed(replica, exc, attempt)
+            finally:
+                replica.release(trial)
+        raise self._exhausted(last)
+
     async def _send(
         self, replica: Replica, request: GenerationRequest, deadline: float, headers_by: float
     ) -> HttpResponse:
         """POST the request; the response once its headers are in and its status is 2xx."""
         build = openai_request if self.spec.kind == "openai" else ollama_request
         path, body = build(request, self.spec.model)
+        return await self._post(replica, path, body, deadline, headers_by)
+
+    async def _post(
+        self, replica: Replica, path: str, body: Any, deadline: float, headers_by: float
+    ) -> HttpResponse:
         try:
             resp = await self.pool.client.request(
                 "POST",
@@ -272,18 +306,23 @@ class UpstreamBackend:
         return resp
 
     async def _whole(self, replica: Replica, request: GenerationRequest) -> Chunk:
+        build = openai_request if self.spec.kind == "openai" else ollama_request
+        path, body = build(request, self.spec.model)
+        data = await self._read_whole(replica, path, body)
+        whole = openai_reply if self.spec.kind == "openai" else ollama_reply
+        return parsed(whole, data)
+
+    async def _read_whole(self, replica: Replica, path: str, body: Any) -> bytes:
         total_s = self.spec.timeouts.total_s
         deadline = asyncio.get_running_loop().time() + total_s
         # A whole answer's headers come only when the generation is done: they
         # wait for the total deadline, not the first-byte one.
-        resp = await self._send(replica, request, deadline, deadline)
+        resp = await self._post(replica, path, body, deadline, deadline)
         async with resp:
             try:
-                data = await resp.read()  # by the total deadline, set with the request
+                return await resp.read()  # by the total deadline, set with the request
             except TimeoutError as exc:
                 raise Retryable(f"no answer within {total_s:g} s") from exc
-        whole = openai_reply if self.spec.kind == "openai" else ollama_reply
-        return parsed(whole, data)
 
     async def _attempt(self, replica: Replica, request: GenerationRequest) -> AsyncIterator[Chunk]:
         parse: Callable[[bytes], Chunk | None] = (

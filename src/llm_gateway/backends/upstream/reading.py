@@ -59,14 +59,16 @@ async def merged(
     finish: Chunk | None = None
     usage: Usage | None = None
     pieces = 0
+    called = False  # Ollama ends a stream that called tools with done_reason "stop"
     async for raw in lines:
         chunk = parsed(parse, raw)
         if chunk is None:
             continue
         usage = chunk.usage or usage
         if finish is None and chunk.finish_reason is None:
-            if chunk.text:
+            if chunk.text or chunk.tool_calls or chunk.logprobs:
                 pieces += 1
+                called |= bool(chunk.tool_calls)
                 yield chunk
             continue
         if finish is None:
@@ -77,8 +79,10 @@ async def merged(
         raise UpstreamStreamError("the upstream closed the stream before it finished")
     yield Chunk(
         text=finish.text,
-        finish_reason=finish.finish_reason,
+        finish_reason="tool_calls" if called else finish.finish_reason,
         usage=usage or Usage(completion_tokens=pieces),
+        tool_calls=finish.tool_calls,
+        logprobs=finish.logprobs,
     )
 
 

@@ -14,9 +14,26 @@ from typing import Any
 
 import orjson
 
+from llm_gateway.backends.upstream.wire_parts import (
+    legacy_logprobs,
+    logprob_list,
+    ollama_calls,
+    ollama_message,
+    ollama_tools,
+    openai_calls,
+    openai_message,
+    openai_tools,
+)
+from llm_gateway.engine.toolcalls import call_id
 from llm_gateway.types import Chunk, FinishReason, GenerationRequest, Usage
 
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "stop"}
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "eos": "stop",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
 
 
 def _finish(reason: Any) -> FinishReason:
@@ -34,10 +51,15 @@ def openai_request(request: GenerationRequest, model: str) -> tuple[str, dict[st
         body["stream_options"] = {"include_usage": True}
     if request.messages is not None:
         path = "/chat/completions"
-        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        body["messages"] = [openai_message(m) for m in request.messages]
+        openai_tools(request, body)
     else:
         path = "/completions"
         body["prompt"] = request.prompt or ""
+        if request.logprobs:
+            body["logprobs"] = request.top_logprobs
+        if request.echo:
+            body["echo"] = True
     optional = {
         "max_tokens": request.max_tokens,
         "temperature": s.temperature,
@@ -79,9 +101,20 @@ def openai_event(data: bytes) -> Chunk | None:
         return Chunk(text="", usage=usage) if usage is not None else None
     choice = choices[0]
     delta = choice.get("delta")
-    text = (delta.get("content") or "") if isinstance(delta, dict) else (choice.get("text") or "")
     reason = choice.get("finish_reason")
-    return Chunk(text=text, finish_reason=_finish(reason) if reason else None, usage=usage)
+    chunk = Chunk(text="", finish_reason=_finish(reason) if reason else None, usage=usage)
+    if isinstance(delta, dict):
+        chunk.text = delta.get("content") or ""
+        chunk.tool_calls = openai_calls(delta.get("tool_calls"))
+    else:
+        chunk.text = choice.get("text") or ""
+    _logprobs(chunk, choice.get("logprobs"))
+    return chunk
+
+
+def _logprobs(chunk: Chunk, lp: Any) -> None:
+    if isinstance(lp, dict):
+        chunk.logprobs = logprob_list(lp["content"]) if "content" in lp else legacy_logprobs(lp)
 
 
 def openai_reply(data: bytes) -> Chunk:
@@ -95,7 +128,11 @@ def openai_reply(data: bytes) -> Chunk:
         prompt_tokens=int(u.get("prompt_tokens") or 0),
         completion_tokens=int(u.get("completion_tokens") or 0),
     )
-    return Chunk(text=text or "", finish_reason=_finish(choice.get("finish_reason")), usage=usage)
+    chunk = Chunk(text=text or "", finish_reason=_finish(choice.get("finish_reason")), usage=usage)
+    if isinstance(message, dict):
+        chunk.tool_calls = openai_calls(message.get("tool_calls"))
+    _logprobs(chunk, choice.get("logprobs"))
+    return chunk
 
 
 # ----------------------------------------------------------------------------- Ollama
@@ -126,7 +163,8 @@ def ollama_request(request: GenerationRequest, model: str) -> tuple[str, dict[st
     if request.json_format is not None:
         body["format"] = request.json_format.schema or "json"
     if request.messages is not None:
-        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        body["messages"] = [ollama_message(m) for m in request.messages]
+        ollama_tools(request, body)
         return "/api/chat", body
     body["prompt"] = request.prompt or ""
     if request.raw:
@@ -143,8 +181,10 @@ def ollama_line(line: bytes) -> Chunk | None:
         raise UpstreamStreamError(f"upstream error: {obj['error']}")
     message = obj.get("message")
     text = message.get("content", "") if isinstance(message, dict) else obj.get("response", "")
+    calls = ollama_calls(message.get("tool_calls"), call_id) if isinstance(message, dict) else None
+    logprobs = logprob_list(obj.get("logprobs"))
     if not obj.get("done"):
-        return Chunk(text=text or "")
+        return Chunk(text=text or "", tool_calls=calls, logprobs=logprobs)
     usage = Usage(
         prompt_tokens=int(obj.get("prompt_eval_count") or 0),
         completion_tokens=int(obj.get("eval_count") or 0),
@@ -153,7 +193,10 @@ def ollama_line(line: bytes) -> Chunk | None:
         load_ns=int(obj.get("load_duration") or 0),
         total_ns=int(obj.get("total_duration") or 0),
     )
-    return Chunk(text=text or "", finish_reason=_finish(obj.get("done_reason")), usage=usage)
+    reason = "tool_calls" if calls else _finish(obj.get("done_reason"))
+    return Chunk(
+        text=text or "", finish_reason=reason, usage=usage, tool_calls=calls, logprobs=logprobs
+    )
 
 
 def ollama_reply(data: bytes) -> Chunk:

@@ -1,0 +1,99 @@
+"""Tool definitions and tool choice, shared by the protocols that take OpenAI's layout
+(OpenAI chat, Ollama chat): wire structs and their checks, each failure naming its field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from llm_gateway.errors import InvalidRequest
+from llm_gateway.types import Tool, ToolChoice
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_CHOICES: dict[str, ToolChoice] = {"auto": "auto", "none": "none", "required": "required"}
+
+
+class FunctionSpec(msgspec.Struct):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(msgspec.Struct):
+    type: str = "function"
+    function: FunctionSpec | None = None
+
+
+def _tool(i: int, spec: ToolSpec) -> Tool:
+    where = f"tools[{i}]"
+    if spec.type != "function" or spec.function is None:
+        raise InvalidRequest(
+            f"{where} must be {{'type': 'function', 'function': {{...}}}}; "
+            f"type '{spec.type}' is not supported",
+            param=f"{where}.type",
+        )
+    fn = spec.function
+    if not _NAME.match(fn.name):
+        raise InvalidRequest(
+            f"{where}.function.name '{fn.name}' must be 1 to 64 letters, digits, '_', '-' or '.'",
+            param=f"{where}.function.name",
+        )
+    params = fn.parameters or {}
+    kind = params.get("type", "object")
+    if kind != "object" or not isinstance(params.get("properties", {}), dict):
+        raise InvalidRequest(
+            f"{where}.function.parameters must be a JSON schema for an object "
+            f"(type 'object'), got type {kind!r}",
+            param=f"{where}.function.parameters",
+        )
+    return Tool(name=fn.name, description=fn.description or "", parameters=params, strict=fn.strict)
+
+
+def tools_from(specs: list[ToolSpec] | None) -> list[Tool] | None:
+    """The request's tools, checked; None when it has none."""
+    if not specs:
+        return None
+    tools = [_tool(i, s) for i, s in enumerate(specs)]
+    seen: set[str] = set()
+    for i, t in enumerate(tools):
+        if t.name in seen:
+            raise InvalidRequest(
+                f"tools[{i}].function.name '{t.name}' is defined twice",
+                param=f"tools[{i}].function.name",
+            )
+        seen.add(t.name)
+    return tools
+
+
+def choice_from(
+    choice: str | dict[str, Any] | None, tools: list[Tool] | None
+) -> tuple[ToolChoice, str | None]:
+    """(tool_choice, the named function) from "auto" | "none" | "required" |
+    {"type": "function", "function": {"name": ...}}."""
+    if choice is None:
+        return "auto", None
+    if isinstance(choice, str):
+        if choice not in _CHOICES:
+            raise InvalidRequest(
+                f"tool_choice '{choice}' is not one of auto, none, required, or a function",
+                param="tool_choice",
+            )
+        if choice == "required" and not tools:
+            raise InvalidRequest("tool_choice 'required' needs 'tools'", param="tool_choice")
+        return _CHOICES[choice], None
+    fn = choice.get("function")
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if choice.get("type") != "function" or not isinstance(name, str):
+        raise InvalidRequest(
+            "tool_choice must be {'type': 'function', 'function': {'name': ...}}",
+            param="tool_choice",
+        )
+    if not any(t.name == name for t in tools or ()):
+        raise InvalidRequest(
+            f"tool_choice names the function '{name}', which is not in 'tools'",
+            param="tool_choice",
+        )
+    return "function", name
