@@ -22,7 +22,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-ADMIN = "sk-admin-screenshot-0123456789"
+ADMIN = "llmgw-screenshot01-not-a-real-secret"
 PROMPTS = ["Say hi.", "Name a colour.", "Count to three.", "What is 2+2?", "One word: sea."]
 
 
@@ -36,7 +36,9 @@ def _start(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _port()
     env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN, "LOG_LEVEL": "WARNING"}
     cmd = [sys.executable, "-m", "llm_gateway", "serve", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--data-dir", data_dir, "--usage-flush-interval-s", "0.2"], env=env)
+    proc = subprocess.Popen(
+        [*cmd, "--data-dir", data_dir, "--usage-flush-interval-s", "0.2"], env=env
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         try:
@@ -53,7 +55,9 @@ def _traffic(base: str, total: int) -> None:
     admin = {"Authorization": f"Bearer {ADMIN}"}
     keys = []
     for owner in ("alice", "bob", "carol"):
-        made = httpx.post(f"{base}/api/keys", json={"name": f"{owner}-app", "owner": owner}, headers=admin)
+        made = httpx.post(
+            f"{base}/api/keys", json={"name": f"{owner}-app", "owner": owner}, headers=admin
+        )
         keys.append({"Authorization": f"Bearer {made.json()['key']}"})
 
     def one(i: int) -> None:
@@ -62,11 +66,22 @@ def _traffic(base: str, total: int) -> None:
         n = random.randint(4, 24)
         with httpx.Client(base_url=base, headers=auth, timeout=120) as c:
             if i % 3 == 0:
-                c.post("/api/chat", json={"model": "smollm2", "messages": msg, "stream": False, "options": {"num_predict": n}})
+                c.post(
+                    "/api/chat",
+                    json={
+                        "model": "smollm2",
+                        "messages": msg,
+                        "stream": False,
+                        "options": {"num_predict": n},
+                    },
+                )
             elif i % 17 == 0:
                 c.post("/v1/chat/completions", json={"model": "no-such-model", "messages": msg})
             else:
-                c.post("/v1/chat/completions", json={"model": "smollm2", "messages": msg, "max_tokens": n})
+                c.post(
+                    "/v1/chat/completions",
+                    json={"model": "smollm2", "messages": msg, "max_tokens": n},
+                )
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(total)))
