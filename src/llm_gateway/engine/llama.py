@@ -269,13 +269,16 @@ class Sampler:
     def __init__(self, model: Model, cfg: SamplerConfig) -> None:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         self.ptr = chain
+        self.grammar: Any = None
+        self.n_vocab = model.n_vocab
         add = self._add
         if cfg.grammar is not None:
+            # Kept out of the chain: checked against the drawn token first (see sample).
             g = lc.llama_sampler_init_grammar(model.vocab, cfg.grammar.encode(), b"root")
             if not g:
                 self.close()
                 raise LlamaError("invalid grammar for constrained decoding")
-            add(g)
+            self.grammar = g
         if cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty:
             add(
                 lc.llama_sampler_init_penalties(
@@ -302,10 +305,41 @@ class Sampler:
         lc.llama_sampler_chain_add(self.ptr, sampler)
 
     def sample(self, ctx: Context, index: int) -> int:
-        """Pick the next token from the logits at batch index; also accepts it."""
-        return int(lc.llama_sampler_sample(self.ptr, ctx.ptr, index))
+        """Pick the next token from the logits at batch index; also accepts it.
+
+        Under a grammar, as llama.cpp's own server does: draw without it, check
+        only the drawn token against it, and run the grammar over the whole
+        vocabulary (then draw again) only when that token is refused.
+        """
+        token = int(lc.llama_sampler_sample(self.ptr, ctx.ptr, index))
+        if self.grammar is None:
+            return token
+        one = lc.llama_token_data(token, 1.0, 0.0)
+        arr = lc.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        lc.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        if one.logit == float("-inf"):
+            token = self._resample(ctx, index)
+        lc.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _resample(self, ctx: Context, index: int) -> int:
+        import numpy as np
+
+        n = self.n_vocab
+        buf = (lc.llama_token_data * n)()
+        view = np.frombuffer(buf, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
+        ptr = ctypes.cast(lc.llama_get_logits_ith(ctx.ptr, index), ctypes.POINTER(ctypes.c_float))
+        view["id"] = np.arange(n, dtype=np.int32)
+        view["logit"] = np.ctypeslib.as_array(ptr, (n,))
+        arr = lc.llama_token_data_array(buf, n, -1, False)
+        lc.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        lc.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        return int(buf[arr.selected].id)
 
     def close(self) -> None:
+        if self.grammar:
+            lc.llama_sampler_free(self.grammar)
+            self.grammar = None
         if self.ptr:
             lc.llama_sampler_free(self.ptr)
             self.ptr = None
