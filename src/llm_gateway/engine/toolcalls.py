@@ -24,9 +24,10 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from llm_gateway.engine.text import held_suffix
 from llm_gateway.types import ToolCall
 
-MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")
+MARKERS = ["<tool_call>", "[TOOL_CALLS]", "<|python_tag|>"]
 _JSON_STARTS = ("{", "[", "```")
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 _MISTRAL_ARGS = re.compile(r"\[TOOL_CALLS\]\s*([A-Za-z0-9_.\-]+)\s*\[ARGS\]", re.S)
@@ -160,7 +161,7 @@ class ToolCallFilter:
                 self._capturing = True
                 self._held = buf[at:]
                 return buf[:at]
-        keep = _partial_marker(buf)
+        keep = held_suffix(buf, MARKERS)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
 
@@ -170,14 +171,3 @@ class ToolCallFilter:
         if not self._capturing:
             return held, []
         return parse(held, self.names)
-
-
-def _partial_marker(buf: str) -> int:
-    """The length of the longest tail of buf that begins a marker."""
-    best = 0
-    for marker in MARKERS:
-        for n in range(min(len(marker) - 1, len(buf)), best, -1):
-            if buf.endswith(marker[:n]):
-                best = n
-                break
-    return best

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -61,6 +61,7 @@ from llm_gateway.errors import UpstreamError, UpstreamUnavailable
 from llm_gateway.types import Chunk, EmbeddingRequest, Embeddings, GenerationRequest, ModelDetails
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HEALTH_INTERVAL_S = 10.0
 BACKOFF_S = 0.05
@@ -216,6 +217,14 @@ class UpstreamBackend:
     async def complete(self, request: GenerationRequest) -> Chunk:
         """A whole (non-streaming) answer as one final chunk, with the same retries,
         replicas and breakers as ``stream`` but no generators on the way."""
+        build = openai_request if self.spec.kind == "openai" else ollama_request
+        path, body = build(request, self.spec.model)
+        return await self._whole(
+            path, body, openai_reply if self.spec.kind == "openai" else ollama_reply
+        )
+
+    async def _whole(self, path: str, body: Any, parse: Callable[[bytes], T]) -> T:
+        """POST a body for a whole answer and parse it, trying replicas in turn."""
         tried: set[int] = set()
         last: str | None = None
         for attempt in range(self.spec.retries + 1):
@@ -225,9 +234,9 @@ class UpstreamBackend:
             replica, trial = picked
             replica.outstanding += 1
             try:
-                chunk = await self._whole(replica, request)
+                answer = parsed(parse, await self._read_whole(replica, path, body))
                 replica.succeeded()
-                return chunk
+                return answer
             except (Retryable, OSError, UpstreamStreamError) as exc:
                 last = await self._failed(replica, exc, attempt)
             finally:
@@ -259,23 +268,7 @@ class UpstreamBackend:
         build = openai_embed_request if self.spec.kind == "openai" else ollama_embed_request
         path, body = build(request, self.spec.model)
         parse = openai_embed_reply if self.spec.kind == "openai" else ollama_embed_reply
-        tried: set[int] = set()
-        last: str | None = None
-        for attempt in range(self.spec.retries + 1):
-            picked = self._pick(tried)
-            if picked is None:
-                break
-            replica, trial = picked
-            replica.outstanding += 1
-            try:
-                data = await self._read_whole(replica, path, body)
-                replica.succeeded()
-                return parsed(parse, data)
-            except (Retryable, OSError, UpstreamStreamError) as exc:
-                last = await self._failed(replica, exc, attempt)
-            finally:
-                replica.release(trial)
-        raise self._exhausted(last)
+        return await self._whole(path, body, parse)
 
     async def _send(
         self, replica: Replica, request: GenerationRequest, deadline: float, headers_by: float
@@ -304,13 +297,6 @@ class UpstreamBackend:
                 resp.set_deadline(deadline)
                 raise await status_error(resp)
         return resp
-
-    async def _whole(self, replica: Replica, request: GenerationRequest) -> Chunk:
-        build = openai_request if self.spec.kind == "openai" else ollama_request
-        path, body = build(request, self.spec.model)
-        data = await self._read_whole(replica, path, body)
-        whole = openai_reply if self.spec.kind == "openai" else ollama_reply
-        return parsed(whole, data)
 
     async def _read_whole(self, replica: Replica, path: str, body: Any) -> bytes:
         total_s = self.spec.timeouts.total_s
