@@ -32,6 +32,13 @@ CALLS: list[tuple[str, str, str, list[tuple[str, dict[str, object]]]]] = [
         [("add", {"a": 1})],
     ),
     (
+        "smollm2 / apigen: a list inside one tag",
+        '<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}},\n'
+        '{"name": "add", "arguments": {"a": 1}}\n]</tool_call>',
+        "",
+        [("get_weather", W), ("add", {"a": 1})],
+    ),
+    (
         "qwen arguments as JSON text",
         '<tool_call>{"name": "add", "arguments": "{\\"a\\": 3}"}</tool_call>',
         "",

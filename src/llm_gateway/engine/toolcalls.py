@@ -2,7 +2,8 @@
 
 Formats (what chat templates teach models to emit):
 
-- Hermes / Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, repeated;
+- Hermes / Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, repeated,
+  or a list of calls in one tag (SmolLM2's and APIGen's ``<tool_call>[...]</tool_call>``);
 - Mistral: ``[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`` and the newer
   ``[TOOL_CALLS]name[ARGS]{...}``;
 - Llama 3: ``<|python_tag|>`` (optional) then ``{"name": ..., "parameters": {...}}``,
@@ -110,7 +111,7 @@ def parse(text: str, names: Collection[str]) -> tuple[str, list[ToolCall]]:
             continue
         before, rest = text[:at], text[at:]
         if marker == "<tool_call>":
-            calls = _calls([_loads(m) for m in _HERMES.findall(rest)], names)
+            calls = _calls([v for m in _HERMES.findall(rest) for v in _json_values(m)], names)
         elif marker == "[TOOL_CALLS]":
             calls = _mistral(rest, names)
         else:
