@@ -1,7 +1,9 @@
 """Small OpenAI- and Ollama-shaped upstream servers for tests, able to fail on cue.
 
 Each runs a real aiohttp server on 127.0.0.1 in its own thread. It answers by
-echoing the last user message one word per chunk (so tests know the text),
+echoing the last user message one word per chunk (so tests know the text), or,
+asked for JSON under a schema, with one value that fits it (strings filled with
+that text),
 and obeys a ``Cue``: fail the next requests with given statuses, die after N
 chunks, wait before answering. It records every request it saw and whether a
 stream was cut off by the client.
@@ -41,6 +43,28 @@ def _words(body: dict[str, Any]) -> list[str]:
     else:
         text = body.get("prompt", "")
     return text.split() or ["ok"]
+
+
+def _example(schema: dict[str, Any], text: str) -> Any:
+    """A value that fits a simple JSON schema, strings filled with text."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: _example(v, text) for k, v in props.items()}
+    return {"string": text, "boolean": True, "integer": 1, "number": 1.5}.get(kind, [])
+
+
+def _reply(body: dict[str, Any]) -> list[str]:
+    """The answer's pieces: JSON fitting the schema when one is asked for, else the words."""
+    rf = body.get("response_format") or {}
+    schema = (rf.get("json_schema") or {}).get("schema")
+    if isinstance(body.get("format"), dict):
+        schema = body["format"]
+    if schema is None:
+        return _words(body)
+    return [orjson.dumps(_example(schema, " ".join(_words(body)))).decode()]
 
 
 def _tool_call(body: dict[str, Any]) -> tuple[str, str]:
@@ -124,7 +148,7 @@ class _Server:
             return failure
         if body.get("tools"):
             return await self._openai_tool_call(request, body)
-        words = _words(body)[: body.get("max_tokens") or 10**6]
+        words = _reply(body)[: body.get("max_tokens") or 10**6]
         chat = request.path.endswith("chat/completions")
         events = []
         for i, w in enumerate(words):
@@ -188,7 +212,7 @@ class _Server:
             pieces = [orjson.dumps(line) + b"\n" for line in lines]
             return await self._stream(request, pieces, "application/x-ndjson")
         limit = (body.get("options") or {}).get("num_predict") or 10**6
-        words = _words(body)[:limit]
+        words = _reply(body)[:limit]
         chat = request.path == "/api/chat"
         lines = []
         for i, w in enumerate(words):

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import ollama
 import openai
 import pytest
-import yaml
-
-from tests.conftest import ADMIN_KEY, AUTH, start_gateway
-from tests.upstreams import upstream
 
 pytestmark = pytest.mark.model
 
@@ -39,39 +32,6 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 PIXEL = (  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("tools")
-    with ExitStack() as es:
-        oa_url, oa_cue = es.enter_context(upstream("openai"))
-        ol_url, ol_cue = es.enter_context(upstream("ollama"))
-        models = [
-            {"name": "smollm2", "backend": "engine"},
-            {"name": "up-openai", "backend": "openai", "url": oa_url},
-            {"name": "up-ollama", "backend": "ollama", "url": ol_url},
-        ]
-        config = tmp / "models.yaml"
-        config.write_text(yaml.safe_dump({"models": models}))
-        env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN_KEY, "LOG_LEVEL": "WARNING"}
-        args = ["--config", str(config), "--data-dir", str(tmp), "--threads", "2"]
-        proc, base = start_gateway(args, env)
-        try:
-            yield {"base": base, "openai_cue": oa_cue, "ollama_cue": ol_cue}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-
-
-@pytest.fixture
-def oa(stack: dict[str, Any]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack['base']}/v1", api_key=ADMIN_KEY, max_retries=0)
-
-
-@pytest.fixture
-def ol(stack: dict[str, Any]) -> ollama.Client:
-    return ollama.Client(host=stack["base"], headers=AUTH)
 
 
 def _fits(args: dict[str, Any]) -> bool:

@@ -1,0 +1,54 @@
+"""One real gateway for the client contract modules: the built-in model and an
+OpenAI- and an Ollama-shaped upstream double, with the clients that talk to it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import ollama
+import openai
+import pytest
+import yaml
+
+from tests.conftest import ADMIN_KEY, AUTH, start_gateway
+from tests.upstreams import upstream
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """{"base": the gateway's URL, "openai_cue"/"ollama_cue": the doubles' cues}.
+
+    Models: ``smollm2`` (the built-in model), ``up-openai`` and ``up-ollama``."""
+    tmp = tmp_path_factory.mktemp("stack")
+    with ExitStack() as es:
+        oa_url, oa_cue = es.enter_context(upstream("openai"))
+        ol_url, ol_cue = es.enter_context(upstream("ollama"))
+        models = [
+            {"name": "smollm2", "backend": "engine"},
+            {"name": "up-openai", "backend": "openai", "url": oa_url},
+            {"name": "up-ollama", "backend": "ollama", "url": ol_url},
+        ]
+        config = tmp / "models.yaml"
+        config.write_text(yaml.safe_dump({"models": models}))
+        env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN_KEY, "LOG_LEVEL": "WARNING"}
+        args = ["--config", str(config), "--data-dir", str(tmp), "--threads", "2"]
+        args += ["--usage-flush-interval-s", "0.1"]
+        proc, base = start_gateway(args, env)
+        try:
+            yield {"base": base, "openai_cue": oa_cue, "ollama_cue": ol_cue}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def oa(stack: dict[str, Any]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack['base']}/v1", api_key=ADMIN_KEY, max_retries=0)
+
+
+@pytest.fixture
+def ol(stack: dict[str, Any]) -> ollama.Client:
+    return ollama.Client(host=stack["base"], headers=AUTH)
