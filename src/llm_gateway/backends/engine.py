@@ -32,7 +32,8 @@ from llm_gateway.types import (
 if TYPE_CHECKING:
     from llm_gateway.engine.embedding import EmbeddingService
     from llm_gateway.engine.job import Job
-    from llm_gateway.engine.llama import Context, Model, Sampler
+    from llm_gateway.engine.llama import Context, Model
+    from llm_gateway.engine.sampler import Sampler
     from llm_gateway.engine.scheduler import Scheduler
     from llm_gateway.engine.template import ChatTemplate
 
@@ -364,7 +365,8 @@ class EngineBackend:
         return self._model.tokenize(text, add_special=add_bos, parse_special=True)
 
     def _sampler(self, request: GenerationRequest) -> Sampler:
-        from llm_gateway.engine.llama import LlamaError, Sampler
+        from llm_gateway.engine.llama import LlamaError
+        from llm_gateway.engine.sampler import Sampler
         from llm_gateway.engine.sampling import sampler_config
 
         assert self._model is not None

@@ -10,8 +10,9 @@ unit length). The context's memory is cleared after each batch.
 
 The chat scheduler's thread runs it between its decode steps (``work``), so
 embeddings and chat streams never decode at once on the same cores; while
-chat streams run, each step grants embeddings a slice of time in proportion
-to the step's own, so streams keep most of their rate. A model that only
+chat streams run, embeddings earn ``SHARE`` of the chat decode time as credit
+and spend it, so streams keep about 1 / (1 + SHARE) of their rate even when
+one input takes longer than a chat step. A model that only
 embeds runs the same loop on a thread of its own (``start``).
 """
 
@@ -31,8 +32,8 @@ import numpy as np
 from llm_gateway.engine.llama import Batch, LlamaError, Model
 from llm_gateway.errors import BackendError, Overloaded
 
-SHARE = 0.4
-"""Embedding time per step, as a share of the chat step's time, while chats run."""
+SHARE = 0.3
+"""Embedding time, as a share of the chat decode time, while chats run."""
 
 
 @dataclass(eq=False)
@@ -102,8 +103,12 @@ class Embedder:
         return bool(self._queue)
 
     # ---- the engine thread ---------------------------------------------------
-    def work(self, budget_ns: float | None) -> None:
-        """Decode batches until the queue is empty or the time budget is spent."""
+    def work(self, budget_ns: float | None) -> int:
+        """Decode batches until the queue is empty or the time budget is spent.
+
+        A batch holds at least one input, so it may overrun the budget; returns
+        the time spent, in nanoseconds.
+        """
         start = time.perf_counter_ns()
         while self._queue:
             cap = self.batch_tokens
@@ -112,7 +117,8 @@ class Embedder:
                 cap = max(1, min(cap, int(left / self.ns_per_token)))
             self._one_batch(cap)
             if budget_ns is not None and time.perf_counter_ns() - start >= budget_ns:
-                return
+                break
+        return time.perf_counter_ns() - start
 
     def _one_batch(self, cap: int) -> None:
         """One decode of as many queued inputs as fit ``cap`` tokens (at least one)."""

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_gateway.engine.llama import Sampler
+from llm_gateway.engine.sampler import Sampler
 from llm_gateway.engine.text import TextStream
 from llm_gateway.types import TokenLogprob
 

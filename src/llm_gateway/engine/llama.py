@@ -1,8 +1,8 @@
-"""Every ctypes call into llama.cpp lives here (llama-cpp-python's low-level API, pinned).
+"""The ctypes calls into llama.cpp (llama-cpp-python's low-level API, pinned).
 
-The rest of the engine sees four small classes: `Model` (weights, vocabulary,
-metadata, tokenizer), `Context` (KV cache and decode), `Batch` (tokens for one
-decode step) and `Sampler` (one request's sampling chain). They own their C
+The rest of the engine sees three small classes: `Model` (weights, vocabulary,
+metadata, tokenizer), `Context` (KV cache and decode) and `Batch` (tokens for
+one decode step); `sampler.Sampler` holds one request's sampling chain. They own their C
 pointers and free them in `close()`. None of them is thread-safe: the engine's
 scheduler thread is their only user once the model has loaded.
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
-from llama_cpp import llama_grammar
 
 log = logging.getLogger("llm_gateway.llama_cpp")
 
@@ -238,111 +237,6 @@ class Batch:
         if self.raw is not None:
             lc.llama_batch_free(self.raw)
             self.raw = None
-
-
-@dataclass(frozen=True, slots=True)
-class SamplerConfig:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    grammar: str | None = None
-
-
-def grammar_for_json(schema: dict[str, Any] | None) -> str:
-    """GBNF for any JSON value, or for JSON matching a schema."""
-    if schema is None:
-        return str(llama_grammar.JSON_GBNF)
-    import json
-
-    return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
-
-
-class Sampler:
-    """One request's sampler chain: penalties, grammar, top-k/p, min-p, temperature."""
-
-    def __init__(self, model: Model, cfg: SamplerConfig) -> None:
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        self.ptr = chain
-        self.grammar: Any = None
-        self.n_vocab = model.n_vocab
-        add = self._add
-        if cfg.grammar is not None:
-            # Kept out of the chain: checked against the drawn token first (see sample).
-            g = lc.llama_sampler_init_grammar(model.vocab, cfg.grammar.encode(), b"root")
-            if not g:
-                self.close()
-                raise LlamaError("invalid grammar for constrained decoding")
-            self.grammar = g
-        if cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty:
-            add(
-                lc.llama_sampler_init_penalties(
-                    model.n_vocab,
-                    cfg.repeat_last_n,
-                    cfg.repeat_penalty,
-                    cfg.frequency_penalty,
-                    cfg.presence_penalty,
-                )
-            )
-        if cfg.temperature <= 0:
-            add(lc.llama_sampler_init_greedy())
-            return
-        if cfg.top_k > 0:
-            add(lc.llama_sampler_init_top_k(cfg.top_k))
-        if cfg.top_p < 1.0:
-            add(lc.llama_sampler_init_top_p(cfg.top_p, 1))
-        if cfg.min_p > 0:
-            add(lc.llama_sampler_init_min_p(cfg.min_p, 1))
-        add(lc.llama_sampler_init_temp(cfg.temperature))
-        add(lc.llama_sampler_init_dist(cfg.seed & 0xFFFFFFFF))
-
-    def _add(self, sampler: Any) -> None:
-        lc.llama_sampler_chain_add(self.ptr, sampler)
-
-    def sample(self, ctx: Context, index: int) -> int:
-        """Pick the next token from the logits at batch index; also accepts it.
-
-        Under a grammar, as llama.cpp's own server does: draw without it, check
-        only the drawn token against it, and run the grammar over the whole
-        vocabulary (then draw again) only when that token is refused.
-        """
-        token = int(lc.llama_sampler_sample(self.ptr, ctx.ptr, index))
-        if self.grammar is None:
-            return token
-        one = lc.llama_token_data(token, 1.0, 0.0)
-        arr = lc.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
-        lc.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-        if one.logit == float("-inf"):
-            token = self._resample(ctx, index)
-        lc.llama_sampler_accept(self.grammar, token)
-        return token
-
-    def _resample(self, ctx: Context, index: int) -> int:
-        import numpy as np
-
-        n = self.n_vocab
-        buf = (lc.llama_token_data * n)()
-        view = np.frombuffer(buf, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
-        ptr = ctypes.cast(lc.llama_get_logits_ith(ctx.ptr, index), ctypes.POINTER(ctypes.c_float))
-        view["id"] = np.arange(n, dtype=np.int32)
-        view["logit"] = np.ctypeslib.as_array(ptr, (n,))
-        arr = lc.llama_token_data_array(buf, n, -1, False)
-        lc.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-        lc.llama_sampler_apply(self.ptr, ctypes.byref(arr))
-        return int(buf[arr.selected].id)
-
-    def close(self) -> None:
-        if self.grammar:
-            lc.llama_sampler_free(self.grammar)
-            self.grammar = None
-        if self.ptr:
-            lc.llama_sampler_free(self.ptr)
-            self.ptr = None
 
 
 def quantize(src: Path, dst: Path, ftype: int, threads: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from llm_gateway.engine.llama import SamplerConfig, grammar_for_json
+from llm_gateway.engine.sampler import SamplerConfig, grammar_for_json
 from llm_gateway.engine.toolprompt import forced_schema
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import GenerationRequest

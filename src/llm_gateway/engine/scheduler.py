@@ -33,6 +33,7 @@ from llm_gateway.types import FinishReason, Usage
 
 log = logging.getLogger(__name__)
 EMBED_SLICE_NS = 100e6
+EMBED_CREDIT_MAX_NS = 1e9  # embedding time saved up while chats run
 
 
 class Scheduler:
@@ -55,6 +56,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.failed: str | None = None
         self.embedder: Embedder | None = None  # runs between decode steps (embedder.py)
+        self._embed_credit = 0.0  # ns of embedding time earned while chats run
         # Live figures for /health and metrics (written by the engine thread).
         self.tokens_generated = 0
         self.steps = 0
@@ -153,11 +155,18 @@ class Scheduler:
         if self._active:
             self._chat_step()
         embedder = self.embedder
-        if embedder is not None and embedder.pending:
-            # With chats running, embeddings get a share of each step's time; alone,
-            # a slice, after which waiting chats are admitted.
-            chat_ns = time.perf_counter_ns() - started
-            embedder.work(EMBED_SHARE * chat_ns if self._active else EMBED_SLICE_NS)
+        if embedder is None or not embedder.pending:
+            return
+        if not self._active:  # alone: a slice, after which waiting chats are admitted
+            self._embed_credit = 0.0
+            embedder.work(EMBED_SLICE_NS)
+            return
+        # With chats running, embeddings earn a share of the chat time as credit and
+        # spend it; a batch longer than one step's share waits until enough is earned.
+        earned = EMBED_SHARE * (time.perf_counter_ns() - started)
+        self._embed_credit = min(self._embed_credit + earned, EMBED_CREDIT_MAX_NS)
+        if self._embed_credit > 0:
+            self._embed_credit -= embedder.work(self._embed_credit)
 
     def _chat_step(self) -> None:
         before = [job.n_cached for job in self._active]
