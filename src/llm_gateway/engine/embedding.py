@@ -1,6 +1,7 @@
 """A loaded model's embeddings service: inputs checked and tokenized, then batched by
 the `Embedder` on the engine thread (made on first use, so a gateway that never
-embeds pays no memory for it)."""
+embeds pays no memory for it), or on a thread of its own for a model that only
+embeds (`embeds_only`: BERT-style encoders, whose attention is not causal)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,23 @@ MAX_INPUTS = 64  # sequences per decode
 MAX_REQUEST_INPUTS = 2048  # OpenAI's limit per request
 
 
+def embeds_only(model: Model) -> bool:
+    """An encoder-style embedding model (BERT, nomic-bert, ...): it cannot generate text."""
+    meta = model.facts.metadata
+    arch = meta.get("general.architecture", "")
+    return meta.get(f"{arch}.attention.causal") == "false"
+
+
 class EmbeddingService:
     """``embed(request)`` for one model; see the module docstring."""
 
     def __init__(
-        self, name: str, model: Model, scheduler: Scheduler, threads: int, queue_size: int
+        self,
+        name: str,
+        model: Model,
+        scheduler: Scheduler | None,
+        threads: int,
+        queue_size: int,
     ) -> None:
         self.name = name
         self.model = model
@@ -44,7 +57,10 @@ class EmbeddingService:
                     max_inputs=MAX_INPUTS,
                     threads=self.threads,
                 )
-                self.scheduler.attach(embedder)
+                if self.scheduler is not None:
+                    self.scheduler.attach(embedder)
+                else:
+                    embedder.start()
                 self._embedder = embedder
             return self._embedder
 
