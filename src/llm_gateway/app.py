@@ -19,6 +19,7 @@ from llm_gateway import lifecycle
 from llm_gateway.api.manage import dashboard, health, keys, stats
 from llm_gateway.api.ollama import routes as ollama
 from llm_gateway.api.openai import routes as openai
+from llm_gateway.api.responses import routes as responses
 from llm_gateway.backends.upstream.config import HttpPool
 from llm_gateway.core.admission import Admissions
 from llm_gateway.core.registry import build_registry
@@ -37,12 +38,13 @@ from llm_gateway.usage.metrics import GatewayMetrics
 ROUTES: tuple[BaseRoute, ...] = (
     *health.routes,
     *openai.routes,
+    *responses.routes,
     *keys.routes,
     *stats.routes,
     *dashboard.routes,
     *ollama.routes,
 )
-FAST_ROUTES = {**openai.fast_routes, **ollama.fast_routes}
+FAST_ROUTES = {**openai.fast_routes, **responses.fast_routes, **ollama.fast_routes}
 ERROR_SHAPES = {**openai.error_shapes, **ollama.error_shapes}
 
 
@@ -89,6 +91,8 @@ def _route_namer(routes: Sequence[BaseRoute]) -> Callable[[str], str]:
     cache: dict[str, str] = {}
 
     def route_of(path: str) -> str:
+        if path.startswith("grpc:"):  # a gRPC method (api/rpc): a route of its own
+            return path
         name = cache.get(path)
         if name is None:
             name = next(
@@ -121,6 +125,16 @@ def build_state(settings: Settings, pool: HttpPool) -> GatewayState:
     return state
 
 
+def _grpc(state: GatewayState) -> contextlib.AbstractAsyncContextManager[object]:
+    """The gRPC server (api/rpc) while the app serves, when GATEWAY_GRPC_PORT is set;
+    entered once the store is open, left before it closes. grpc loads only then."""
+    if state.settings.grpc_port is None:
+        return contextlib.nullcontext()
+    from llm_gateway.api.rpc.server import serving
+
+    return serving(state)
+
+
 def create_app(settings: Settings) -> GatewayApp:
     pool = HttpPool()
     state = build_state(settings, pool)
@@ -128,7 +142,7 @@ def create_app(settings: Settings) -> GatewayApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with lifecycle.run(state, pool):
+        async with lifecycle.run(state, pool), _grpc(state):
             yield
 
     app = GatewayApp(

@@ -38,6 +38,7 @@ def _env_name(name: str) -> str:
 
 _METAVARS = {
     "<class 'int'>": "INT",
+    "int | None": "INT",
     "<class 'pathlib.Path'>": "PATH",
     "pathlib.Path | None": "PATH",
     "str | None": "TEXT",

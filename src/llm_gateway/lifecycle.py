@@ -24,6 +24,7 @@ from llm_gateway.limits.base import RateLimiter
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
 from llm_gateway.store.database import create_engine, migrate, resolve_url
+from llm_gateway.store.responses import ResponseStore
 from llm_gateway.usage.columns import UsageColumns
 from llm_gateway.usage.export import delete_usage_before
 from llm_gateway.usage.record import UsageRecord
@@ -39,6 +40,7 @@ async def open_store(state: GatewayState) -> None:
     state.database = create_engine(resolve_url(settings.database_url, settings.data_dir))
     await migrate(state.database)
     state.key_store = KeyStore(state.database)
+    state.responses = ResponseStore(state.database, settings.responses_retention_s)
     created = await ensure_admin_key(state.key_store, settings.admin_key)
     if created is not None:
         # Shown once: only its hash is stored.
@@ -109,6 +111,19 @@ async def _apply_retention(state: GatewayState, days: float) -> None:
         await asyncio.sleep(3600)
 
 
+async def _purge_responses(store: ResponseStore) -> None:
+    """Delete stored Responses past their retention, now and then hourly (reads skip
+    expired ones already; this frees their rows)."""
+    while True:
+        try:
+            deleted = await store.purge()
+            if deleted:
+                log.info("purged %d stored responses past their retention", deleted)
+        except Exception as exc:  # a database hiccup must not stop the loop
+            log.warning("could not purge stored responses: %s", exc)
+        await asyncio.sleep(3600)
+
+
 async def _start_backend(entry: ModelEntry) -> None:
     """Start one backend; a failure is logged and shown by the backend's own health()."""
     try:
@@ -120,6 +135,8 @@ async def _start_backend(entry: ModelEntry) -> None:
 def _background(state: GatewayState) -> list[asyncio.Task[object]]:
     """The loops that run while the app serves: key use, and retention when set."""
     tasks: list[asyncio.Task[object]] = [asyncio.create_task(_flush_key_use(state))]
+    if state.responses is not None:
+        tasks.append(asyncio.create_task(_purge_responses(state.responses)))
     days = state.settings.usage_retention_days
     if days:
         tasks.append(asyncio.create_task(_apply_retention(state, days)))

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     # --- server -----------------------------------------------------------
     host: str = Field("0.0.0.0", description="Address to bind.")
     port: int = Field(8080, ge=0, le=65535, description="Port to bind.")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port for the gRPC interface (llmgw.v1.Gateway, health, reflection) on "
+        "the same host; unset: no gRPC server.",
+    )
     log_level: LogLevel = Field(
         "INFO", validation_alias=_env("LOG_LEVEL"), description="Logging level."
     )
@@ -144,6 +151,12 @@ class Settings(BaseSettings):
     )
     metrics_auth: bool = Field(
         False, description="Require an admin key or token on /metrics (off: open to scrapers)."
+    )
+    responses_retention_s: float = Field(
+        30 * 86_400,
+        gt=0,
+        description="Stored OpenAI Responses (store: true) are kept this many seconds, "
+        "then purged (checked hourly).",
     )
 
     # --- models -----------------------------------------------------------

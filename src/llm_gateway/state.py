@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from llm_gateway.auth.authenticator import Authenticator
     from llm_gateway.auth.keys import KeyStore
+    from llm_gateway.store.responses import ResponseStore
     from llm_gateway.usage.metrics import GatewayMetrics
     from llm_gateway.usage.recorder import UsageRecorder
     from llm_gateway.usage.stats import UsageStats
@@ -42,6 +43,7 @@ class GatewayState:
     authenticator: Authenticator | None = None
     recorder: UsageRecorder | None = None
     stats: UsageStats | None = None
+    responses: ResponseStore | None = None  # stored OpenAI Responses (api/responses)
     metrics: GatewayMetrics = field(init=False)
 
     @property

@@ -1,5 +1,6 @@
 """Tool definitions and tool choice, shared by the protocols that take OpenAI's layout
-(OpenAI chat, Ollama chat): wire structs and their checks, each failure naming its field."""
+(OpenAI chat, Ollama chat; the Responses API's flat tools through ``function_tool``):
+wire structs and their checks, each failure naming its field."""
 
 from __future__ import annotations
 
@@ -36,20 +37,36 @@ def _tool(i: int, spec: ToolSpec) -> Tool:
             param=f"{where}.type",
         )
     fn = spec.function
-    if not _NAME.match(fn.name):
+    return function_tool(
+        fn.name, fn.description, fn.parameters, fn.strict, where=f"{where}.function"
+    )
+
+
+def function_tool(
+    name: str,
+    description: str | None,
+    parameters: dict[str, Any] | None,
+    strict: bool | None,
+    *,
+    where: str,
+) -> Tool:
+    """A function tool, checked; ``where`` is the path of the fields its errors name
+    (``tools[0].function`` in OpenAI chat's nested layout, ``tools[0]`` in the
+    Responses API's flat one)."""
+    if not _NAME.match(name):
         raise InvalidRequest(
-            f"{where}.function.name '{fn.name}' must be 1 to 64 letters, digits, '_', '-' or '.'",
-            param=f"{where}.function.name",
+            f"{where}.name '{name}' must be 1 to 64 letters, digits, '_', '-' or '.'",
+            param=f"{where}.name",
         )
-    params = fn.parameters or {}
+    params = parameters or {}
     kind = params.get("type", "object")
     if kind != "object" or not isinstance(params.get("properties", {}), dict):
         raise InvalidRequest(
-            f"{where}.function.parameters must be a JSON schema for an object "
+            f"{where}.parameters must be a JSON schema for an object "
             f"(type 'object'), got type {kind!r}",
-            param=f"{where}.function.parameters",
+            param=f"{where}.parameters",
         )
-    return Tool(name=fn.name, description=fn.description or "", parameters=params, strict=fn.strict)
+    return Tool(name=name, description=description or "", parameters=params, strict=strict)
 
 
 def tools_from(specs: list[ToolSpec] | None) -> list[Tool] | None:

@@ -53,3 +53,16 @@ usage_records = sa.Table(
     sa.Index("ix_usage_user_ts", "user_id", "ts"),
     sa.Index("ix_usage_key_ts", "key_id", "ts"),
 )
+
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # resp_...
+    # Whose it is: "key:<key id>", or "user:<name>" for JWTs and auth off (store.responses)
+    sa.Column("owner", sa.String(240), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),  # epoch seconds
+    sa.Column("expires_at", sa.Double, nullable=False),  # purged after this
+    sa.Column("context", sa.Text, nullable=False),  # JSON: the input items it answered
+    sa.Column("body", sa.Text, nullable=False),  # JSON: the response object
+    sa.Index("ix_responses_expires_at", "expires_at"),
+)

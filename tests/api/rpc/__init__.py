@@ -1,0 +1,1 @@
+"""Tests of the gRPC interface (llm_gateway.api.rpc)."""
