@@ -20,6 +20,7 @@ from llm_gateway.api.manage import dashboard, health, keys, stats
 from llm_gateway.api.ollama import routes as ollama
 from llm_gateway.api.openai import routes as openai
 from llm_gateway.api.responses import routes as responses
+from llm_gateway.api.websocket import routes as websocket
 from llm_gateway.backends.upstream.config import HttpPool
 from llm_gateway.core.admission import Admissions
 from llm_gateway.core.registry import build_registry
@@ -46,6 +47,9 @@ ROUTES: tuple[BaseRoute, ...] = (
 )
 FAST_ROUTES = {**openai.fast_routes, **responses.fast_routes, **ollama.fast_routes}
 ERROR_SHAPES = {**openai.error_shapes, **ollama.error_shapes}
+STREAM_KINDS = {**openai.stream_kinds, **responses.stream_kinds, **ollama.stream_kinds}
+"""What the WebSocket endpoint streams: protocol name (openai.chat, ...) -> its stream.
+A protocol package adds its own (anthropic.messages: api/anthropic's ``stream_kinds``)."""
 
 
 class GatewayApp(Starlette):
@@ -91,7 +95,7 @@ def _route_namer(routes: Sequence[BaseRoute]) -> Callable[[str], str]:
     cache: dict[str, str] = {}
 
     def route_of(path: str) -> str:
-        if path.startswith("grpc:"):  # a gRPC method (api/rpc): a route of its own
+        if path.startswith(("grpc:", "ws:")):  # a gRPC method, a WebSocket request's kind
             return path
         name = cache.get(path)
         if name is None:
@@ -146,7 +150,7 @@ def create_app(settings: Settings) -> GatewayApp:
             yield
 
     app = GatewayApp(
-        routes=list(ROUTES),
+        routes=[*ROUTES, *websocket.routes(STREAM_KINDS, errors.shape)],
         middleware=build_middleware(settings, state, errors),
         exception_handlers={
             GatewayError: errors.gateway_error,

@@ -2,7 +2,10 @@
 
 Every route needs credentials except the ALLOWLIST (and the paths the app
 adds to it: the dashboard page, /metrics unless GATEWAY_METRICS_AUTH). The
-caller goes on the request as ``scope["state"]["principal"]``.
+caller goes on the request as ``scope["state"]["principal"]``. A WebSocket
+handshake is checked the same way (its ``Authorization: Bearer`` or
+``x-api-key`` header); one with neither goes on with the principal None, for
+the endpoint to take credentials from a first message (``principal_for``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,34 @@ def bearer_bytes(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+def websocket_credential(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """A WebSocket handshake's bearer token, else its x-api-key header, else None."""
+    token = bearer_bytes(headers)
+    if token is not None:
+        return token
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value.strip() or None
+    return None
+
+
+async def principal_for(authenticator: Authenticator | None, token: bytes) -> Principal:
+    """The caller a credential names (a cached key at once); NotReady before the key
+    store opens, or when it fails."""
+    if authenticator is None:
+        raise NotReady("the gateway is starting; retry shortly")
+    principal = authenticator.cached(token)
+    if principal is not None:
+        return principal
+    try:
+        return await authenticator.authenticate(token.decode("latin-1"))
+    except GatewayError:
+        raise
+    except Exception as exc:  # the key store failed: unavailable, not the caller's fault
+        log.exception("could not check credentials")
+        raise NotReady(f"credentials cannot be checked now ({type(exc).__name__})") from exc
+
+
 class AuthMiddleware:
     """Pure ASGI: authenticates every request outside ``public`` (ALLOWLIST, plus the
     dashboard page and, unless GATEWAY_METRICS_AUTH, /metrics); sets
@@ -71,6 +102,9 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in self.public:
+            if scope["type"] == "websocket" and scope["path"] not in self.public:
+                await self._websocket(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         try:
@@ -106,3 +140,31 @@ class AuthMiddleware:
         if token is None:
             raise Unauthorized("missing credentials: send 'Authorization: Bearer <API key>'")
         return await authenticator.authenticate(token)
+
+    async def _websocket(self, scope: Any, receive: Any, send: Any) -> None:
+        """A WebSocket handshake: see the module docstring; bad credentials refuse it."""
+        principal: Principal | None = ANONYMOUS
+        if self.enabled:
+            try:
+                token = websocket_credential(scope["headers"])
+                if token is None:
+                    principal = None
+                else:
+                    principal = await principal_for(self.authenticator(), token)
+            except GatewayError as exc:
+                await self._refuse(exc, scope, receive, send)
+                return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, exc: GatewayError, scope: Any, receive: Any, send: Any) -> None:
+        """A refused handshake: the error as an HTTP response, in the path's protocol,
+        where the server offers ASGI's denial response, else a close (HTTP 403)."""
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            return
+
+        async def deny(message: Any) -> None:
+            await send({**message, "type": "websocket." + message["type"]})
+
+        await self.errors.response(exc, scope)(scope, receive, deny)

@@ -6,15 +6,15 @@ ends (what Ollama's own server does).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llm_gateway.api.context import RequestContext, reply
+from llm_gateway.api.context import RequestContext, Streaming, StreamKind, reply, reraise, unnamed
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.ollama import convert, embed
 from llm_gateway.api.ollama.schemas import (
@@ -28,13 +28,14 @@ from llm_gateway.core.registry import ModelEntry
 from llm_gateway.core.service import Generation, merge_tool_calls
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, ndjson, read_body
-from llm_gateway.errors import InvalidRequest
+from llm_gateway.errors import GatewayError, InvalidRequest
 from llm_gateway.types import Chunk, GenerationRequest, ToolCallDelta
 from llm_gateway.version import __version__
 
 NDJSON = "application/x-ndjson"
 Piece = Callable[[str, Chunk], dict[str, Any]]
 Final = Callable[[str, str, Chunk], dict[str, Any]]
+T = TypeVar("T")
 
 
 async def generate(request: Request) -> Response | EventStream:
@@ -64,12 +65,25 @@ async def _reply(
         ctx,
         req,
         lambda text, last: final(model, text, last),
-        lambda gen: _lines(gen, model, piece, final),
+        lambda gen: _lines(gen, model, piece, final, ndjson, _ndjson_error),
         NDJSON,
     )
 
 
-async def _lines(gen: Generation, model: str, piece: Piece, final: Final) -> AsyncIterator[bytes]:
+def _ndjson_error(exc: GatewayError) -> bytes:
+    return ndjson(convert.error_body(exc))
+
+
+async def _lines(
+    gen: Generation,
+    model: str,
+    piece: Piece,
+    final: Final,
+    frame: Callable[[dict[str, Any]], T],
+    fail: Callable[[GatewayError], T],
+) -> AsyncGenerator[T]:
+    """The stream's line objects, each as ``frame`` makes it (an NDJSON line, an event
+    object); a failure is ``fail``'s (it may raise)."""
     calls: list[ToolCallDelta] = []  # Ollama sends whole calls: OpenAI's pieces are joined
     try:
         async for chunk in gen:
@@ -83,22 +97,47 @@ async def _lines(gen: Generation, model: str, piece: Piece, final: Final) -> Asy
                 )
             if chunk.finish_reason is None:
                 if chunk.text or chunk.logprobs:
-                    yield ndjson(piece(model, chunk))
+                    yield frame(piece(model, chunk))
                 continue
             if chunk.text or chunk.logprobs or calls:
-                yield ndjson(
+                yield frame(
                     piece(
                         model,
                         Chunk(text=chunk.text, tool_calls=calls or None, logprobs=chunk.logprobs),
                     )
                 )
             last = Chunk(text="", finish_reason=chunk.finish_reason, usage=chunk.usage)
-            yield ndjson(final(model, "", last))
+            yield frame(final(model, "", last))
             return
     except Exception as exc:
-        yield ndjson(convert.error_body(as_gateway_error(exc)))
+        yield fail(as_gateway_error(exc))
     finally:
         await gen.aclose()
+
+
+def _needs(field: str, present: object) -> None:
+    if not present:  # HTTP loads the model; a stream has nothing to stream
+        raise InvalidRequest(f"'{field}' must not be empty to stream", param=field)
+
+
+async def _chat_stream(ctx: RequestContext, raw: bytes) -> Streaming:
+    body = decode_body(raw, ChatRequest)
+    _needs("messages", body.messages)
+    piece, final = convert.chat_chunk, convert.chat_final
+    return Streaming(
+        convert.from_chat_request(body),
+        lambda gen: _lines(gen, body.model, piece, final, unnamed, reraise),
+    )
+
+
+async def _generate_stream(ctx: RequestContext, raw: bytes) -> Streaming:
+    body = decode_body(raw, GenerateRequest)
+    _needs("prompt", body.prompt or body.raw)
+    piece, final = convert.generate_chunk, convert.generate_final
+    return Streaming(
+        convert.from_generate_request(body),
+        lambda gen: _lines(gen, body.model, piece, final, unnamed, reraise),
+    )
 
 
 async def embed_route(request: Request) -> Response:
@@ -177,3 +216,9 @@ fast_routes = {("POST", "/api/generate"): generate, ("POST", "/api/chat"): chat}
 
 error_shapes = {"/api": convert.error_body}
 """Ollama's error body for every path under /api (the management API's too)."""
+
+stream_kinds = {
+    "ollama.chat": StreamKind("/api/chat", _chat_stream),
+    "ollama.generate": StreamKind("/api/generate", _generate_stream),
+}
+"""The streams of /api/chat and /api/generate as event objects (api.websocket)."""

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llm_gateway.api.context import RequestContext, reply
+from llm_gateway.api.context import (
+    RequestContext,
+    Streaming,
+    StreamKind,
+    reply,
+    reraise,
+    unnamed,
+)
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.openai import convert, embed, replies
 from llm_gateway.api.openai.schemas import (
@@ -29,12 +36,17 @@ from llm_gateway.api.openai.schemas import (
 from llm_gateway.core.service import Generation
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, read_body, sse
+from llm_gateway.errors import GatewayError
 from llm_gateway.types import Chunk
+
+T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
 SSE = "text/event-stream"
 Piece = Callable[[Chunk, bool], dict[str, Any]]
 """One chunk as a stream event (``True``: the stream's first)."""
+CHAT_CHUNK = "chat.completion.chunk"
+COMPLETION = "text_completion"
 
 
 def _ctx(prefix: str, model: str) -> replies.ReplyContext:
@@ -43,30 +55,21 @@ def _ctx(prefix: str, model: str) -> replies.ReplyContext:
     )
 
 
-async def chat_completions(request: Request) -> Response | EventStream:
-    ctx = RequestContext.of(request)
-    body = decode_body(await read_body(request), ChatCompletionRequest)
+def _chat(body: ChatCompletionRequest) -> tuple[replies.ReplyContext, Piece, bool]:
+    """A chat request's reply context, its chunk event and whether usage streams."""
     out = _ctx("chatcmpl", body.model)
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
         return replies.chat_chunk(out, chunk, first, usage)
 
-    return await reply(
-        ctx,
-        convert.from_chat_request(body),
-        lambda text, final: replies.chat_response(out, text, final),
-        lambda gen: _events(gen, out, "chat.completion.chunk", piece, usage),
-        SSE,
-    )
+    return out, piece, usage
 
 
-async def completions(request: Request) -> Response | EventStream:
-    ctx = RequestContext.of(request)
-    body = decode_body(await read_body(request), CompletionRequest)
+def _completion(body: CompletionRequest) -> tuple[replies.ReplyContext, Piece, bool]:
+    """A completion request's reply context, its chunk event and whether usage streams."""
     out = _ctx("cmpl", body.model)
     usage = convert.wants_usage_in_stream(body)
-
     offset = 0
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
@@ -75,11 +78,35 @@ async def completions(request: Request) -> Response | EventStream:
         offset += len(chunk.text)
         return event
 
+    return out, piece, usage
+
+
+def _sse_error(exc: GatewayError) -> bytes:
+    return sse(replies.error_body(exc))
+
+
+async def chat_completions(request: Request) -> Response | EventStream:
+    ctx = RequestContext.of(request)
+    body = decode_body(await read_body(request), ChatCompletionRequest)
+    out, piece, usage = _chat(body)
+    return await reply(
+        ctx,
+        convert.from_chat_request(body),
+        lambda text, final: replies.chat_response(out, text, final),
+        lambda gen: _events(gen, out, CHAT_CHUNK, piece, usage, sse, DONE, _sse_error),
+        SSE,
+    )
+
+
+async def completions(request: Request) -> Response | EventStream:
+    ctx = RequestContext.of(request)
+    body = decode_body(await read_body(request), CompletionRequest)
+    out, piece, usage = _completion(body)
     return await reply(
         ctx,
         convert.from_completion_request(body),
         lambda text, final: replies.completion_response(out, text, final),
-        lambda gen: _events(gen, out, "text_completion", piece, usage),
+        lambda gen: _events(gen, out, COMPLETION, piece, usage, sse, DONE, _sse_error),
         SSE,
     )
 
@@ -90,7 +117,12 @@ async def _events(
     obj: str,
     piece: Piece,
     usage: bool,
-) -> AsyncIterator[bytes]:
+    frame: Callable[[dict[str, Any]], T],
+    done: T | None,
+    fail: Callable[[GatewayError], T],
+) -> AsyncGenerator[T]:
+    """The stream's chunk objects, each as ``frame`` makes it (an SSE event, an event
+    object), then ``done`` if any; a failure is ``fail``'s (it may raise)."""
     first = True
     try:
         async for chunk in gen:
@@ -98,25 +130,44 @@ async def _events(
                 # Keep the text and the finish in separate events, as OpenAI does.
                 text = Chunk(text=chunk.text, tool_calls=chunk.tool_calls, logprobs=chunk.logprobs)
                 for part in replies.split_tool_calls(text):
-                    yield sse(piece(part, first))
+                    yield frame(piece(part, first))
                     first = False
                 chunk = Chunk(text="", finish_reason=chunk.finish_reason, usage=chunk.usage)
             elif chunk.tool_calls:
                 for part in replies.split_tool_calls(chunk):
-                    yield sse(piece(part, first))
+                    yield frame(piece(part, first))
                     first = False
                 continue
-            yield sse(piece(chunk, first))
+            yield frame(piece(chunk, first))
             first = False
             if chunk.finish_reason is not None:
                 if usage:
-                    yield sse(replies.usage_chunk(out, obj, chunk.usage))
-                yield DONE
+                    yield frame(replies.usage_chunk(out, obj, chunk.usage))
+                if done is not None:
+                    yield done
                 return
     except Exception as exc:
-        yield sse(replies.error_body(as_gateway_error(exc)))
+        yield fail(as_gateway_error(exc))
     finally:
         await gen.aclose()
+
+
+async def _chat_stream(ctx: RequestContext, raw: bytes) -> Streaming:
+    body = decode_body(raw, ChatCompletionRequest)
+    out, piece, usage = _chat(body)
+    return Streaming(
+        convert.from_chat_request(body),
+        lambda gen: _events(gen, out, CHAT_CHUNK, piece, usage, unnamed, None, reraise),
+    )
+
+
+async def _completion_stream(ctx: RequestContext, raw: bytes) -> Streaming:
+    body = decode_body(raw, CompletionRequest)
+    out, piece, usage = _completion(body)
+    return Streaming(
+        convert.from_completion_request(body),
+        lambda gen: _events(gen, out, COMPLETION, piece, usage, unnamed, None, reraise),
+    )
 
 
 async def embeddings(request: Request) -> Response:
@@ -154,3 +205,9 @@ fast_routes = {
 
 error_shapes = {"/v1": replies.error_body}
 """OpenAI's error body for every path under /v1."""
+
+stream_kinds = {
+    "openai.chat": StreamKind("/v1/chat/completions", _chat_stream),
+    "openai.completions": StreamKind("/v1/completions", _completion_stream),
+}
+"""The streams of /v1/chat/completions and /v1/completions as event objects (api.websocket)."""

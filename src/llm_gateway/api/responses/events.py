@@ -16,7 +16,8 @@ first byte is an ``error`` event, then ``response.failed``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -34,12 +35,26 @@ from llm_gateway.api.responses.replies import (
 from llm_gateway.errors import GatewayError
 from llm_gateway.types import Chunk, ToolCallDelta
 
+T = TypeVar("T")
 
-class EventWriter:
-    """One response's events in order; ``output`` holds its finished items."""
 
-    def __init__(self, ctx: ReplyContext) -> None:
+def sse_event(kind: str, data: dict[str, Any]) -> bytes:
+    """An event as SSE: ``event: <type>\\ndata: <json>\\n\\n``."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def event_object(kind: str, data: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """An event as an object: (its type, its data)."""
+    return kind, data
+
+
+class EventWriter(Generic[T]):
+    """One response's events in order, each as ``frame`` makes it from its type and data
+    (``sse_event``, ``event_object``); ``output`` holds its finished items."""
+
+    def __init__(self, ctx: ReplyContext, frame: Callable[[str, dict[str, Any]], T]) -> None:
         self.ctx = ctx
+        self.frame = frame
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
@@ -48,27 +63,27 @@ class EventWriter:
         self._call: ToolCallDelta | None = None  # the open call, its arguments so far
         self._call_item = ""
 
-    def _event(self, kind: str, **fields: Any) -> bytes:
-        data = orjson.dumps({"type": kind, "sequence_number": self.seq, **fields})
+    def _event(self, kind: str, **fields: Any) -> T:
+        data = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+        return self.frame(kind, data)
 
-    def _on_item(self, kind: str, item_id: str, **fields: Any) -> bytes:
+    def _on_item(self, kind: str, item_id: str, **fields: Any) -> T:
         """An event about the open item (the next in ``output``)."""
         return self._event(kind, item_id=item_id, output_index=len(self.output), **fields)
 
-    def _item_event(self, kind: str, item: dict[str, Any]) -> bytes:
+    def _item_event(self, kind: str, item: dict[str, Any]) -> T:
         """``response.output_item.added`` or ``.done``: the item itself."""
         return self._event(kind, output_index=len(self.output), item=item)
 
-    def start(self) -> list[bytes]:
+    def start(self) -> list[T]:
         response = response_object(self.ctx, "in_progress", [], None)
         return [
             self._event("response.created", response=response),
             self._event("response.in_progress", response=response),
         ]
 
-    def chunk(self, chunk: Chunk) -> list[bytes]:
+    def chunk(self, chunk: Chunk) -> list[T]:
         out = []
         if chunk.text:
             out += self._text_delta(chunk.text)
@@ -76,7 +91,7 @@ class EventWriter:
             out += self._call_delta(piece)
         return out
 
-    def _open_message(self) -> list[bytes]:
+    def _open_message(self) -> list[T]:
         self._message = item_id = new_id("msg")
         return [
             self._item_event(
@@ -87,7 +102,7 @@ class EventWriter:
             ),
         ]
 
-    def _text_delta(self, text: str) -> list[bytes]:
+    def _text_delta(self, text: str) -> list[T]:
         out = self._close_call("completed")
         if self._message is None:
             out += self._open_message()
@@ -98,7 +113,7 @@ class EventWriter:
         )
         return [*out, delta]
 
-    def _close_message(self, status: Status) -> list[bytes]:
+    def _close_message(self, status: Status) -> list[T]:
         item_id, self._message = self._message, None
         if item_id is None:
             return []
@@ -122,7 +137,7 @@ class EventWriter:
             return True
         return piece.id is not None and piece.id != call.id
 
-    def _call_delta(self, piece: ToolCallDelta) -> list[bytes]:
+    def _call_delta(self, piece: ToolCallDelta) -> list[T]:
         out = []
         if self._is_new_call(piece):
             out += self._close_message("completed") + self._close_call("completed")
@@ -139,7 +154,7 @@ class EventWriter:
             out.append(self._on_item(kind, self._call_item, delta=piece.arguments))
         return out
 
-    def _close_call(self, status: Status) -> list[bytes]:
+    def _close_call(self, status: Status) -> list[T]:
         call, self._call = self._call, None
         if call is None:
             return []
@@ -152,7 +167,7 @@ class EventWriter:
         self.output.append(item)
         return out
 
-    def close(self, last: Chunk) -> list[bytes]:
+    def close(self, last: Chunk) -> list[T]:
         """The final chunk's own events, then those that close the open item; sets
         ``final`` (the whole response) for ``completed()``."""
         out = self.chunk(last)
@@ -163,14 +178,14 @@ class EventWriter:
         self.final = response_object(self.ctx, status, self.output, last.usage)
         return out
 
-    def completed(self) -> bytes:
+    def completed(self) -> T:
         """The last event: the whole response, with usage."""
         assert self.final is not None, "close() comes first"
         incomplete = self.final["status"] == "incomplete"
         kind = "response.incomplete" if incomplete else "response.completed"
         return self._event(kind, response=self.final)
 
-    def fail(self, exc: GatewayError) -> list[bytes]:
+    def fail(self, exc: GatewayError) -> list[T]:
         """An in-band error, then the failed response with the items finished so far."""
         error = self._event(
             "error", code=exc.code or exc.type, message=exc.message, param=exc.param

@@ -11,29 +11,32 @@ a JWT. Errors are OpenAI's (every path under /v1).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llm_gateway.api.context import RequestContext, reply
+from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply, reraise
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.responses import convert, replies
-from llm_gateway.api.responses.events import EventWriter
+from llm_gateway.api.responses.events import EventWriter, event_object, sse_event
 from llm_gateway.api.responses.schemas import ResponsesRequest
 from llm_gateway.core.principal import Principal
 from llm_gateway.core.service import Generation
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, read_body
-from llm_gateway.errors import BackendError, NotFound
+from llm_gateway.errors import BackendError, GatewayError, NotFound
 from llm_gateway.store.responses import ResponseStore
-from llm_gateway.types import Chunk
+from llm_gateway.types import Chunk, GenerationRequest
 
 SSE = "text/event-stream"
 Save = Callable[[dict[str, Any]], Awaitable[None]]
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def owner_of(principal: Principal) -> str:
@@ -61,52 +64,89 @@ async def _earlier(store: ResponseStore, owner: str, previous: str | None) -> li
     return [*stored.context, *stored.body.get("output", ())]
 
 
-async def create_response(request: Request) -> Response | EventStream:
-    ctx = RequestContext.of(request)
-    body = decode_body(await read_body(request), ResponsesRequest)
+async def _prepare(
+    ctx: RequestContext, body: ResponsesRequest
+) -> tuple[GenerationRequest, replies.ReplyContext, Save]:
+    """What to generate (after the previous response's context, if any), the reply's
+    context, and how to keep the response (unless ``store`` is false)."""
     store, owner = _store(ctx), owner_of(ctx.principal)
     earlier = await _earlier(store, owner, body.previous_response_id)
     generation = convert.from_responses_request(body, convert.stored_items(earlier))
     context = [*earlier, *msgspec.to_builtins(convert.input_items(body))]
-    out = replies.ReplyContext.of(body)
 
     async def save(response: dict[str, Any]) -> None:
         if body.store is not False:
             await store.save(owner, context, response)
 
+    return generation, replies.ReplyContext.of(body), save
+
+
+async def create_response(request: Request) -> Response | EventStream:
+    ctx = RequestContext.of(request)
+    body = decode_body(await read_body(request), ResponsesRequest)
+    generation, out, save = await _prepare(ctx, body)
     made: list[dict[str, Any]] = []
 
     def whole(text: str, final: Chunk) -> dict[str, Any]:
         made.append(replies.whole_response(out, text, final))
         return made[-1]
 
-    answer = await reply(
-        ctx, generation, whole, lambda gen: _events(gen, EventWriter(out), save), SSE
-    )
+    def frames(gen: Generation) -> AsyncIterator[bytes]:
+        return _events(gen, EventWriter(out, sse_event), save, b"".join, EventWriter.fail)
+
+    answer = await reply(ctx, generation, whole, frames, SSE)
     if made:
         await save(made[0])
     return answer
 
 
-async def _events(gen: Generation, writer: EventWriter, save: Save) -> AsyncIterator[bytes]:
-    """The stream: one write per chunk (its events joined), the response saved before
-    the last event; a failure is an error event and ``response.failed``."""
+async def _events(
+    gen: Generation,
+    writer: EventWriter[T],
+    save: Save,
+    join: Callable[[list[T]], U],
+    fail: Callable[[EventWriter[T], GatewayError], list[T]],
+) -> AsyncGenerator[U]:
+    """The stream: one ``join`` of events per chunk, the response saved before the
+    last event; a failure is ``fail``'s events (HTTP: an error event and
+    ``response.failed``), or it raises."""
     try:
-        yield b"".join(writer.start())
+        yield join(writer.start())
         async for chunk in gen:
             if chunk.finish_reason is None:
-                yield b"".join(writer.chunk(chunk))
+                yield join(writer.chunk(chunk))
                 continue
-            yield b"".join(writer.close(chunk))
+            yield join(writer.close(chunk))
             assert writer.final is not None
             await save(writer.final)
-            yield writer.completed()
+            yield join([writer.completed()])
             return
         raise BackendError("the generation ended without finishing")
     except Exception as exc:
-        yield b"".join(writer.fail(as_gateway_error(exc)))
+        yield join(fail(writer, as_gateway_error(exc)))
     finally:
         await gen.aclose()
+
+
+def _same(events: list[Event]) -> list[Event]:
+    return events
+
+
+def _raise(writer: EventWriter[Event], exc: GatewayError) -> list[Event]:
+    reraise(exc)
+
+
+async def _response_stream(ctx: RequestContext, raw: bytes) -> Streaming:
+    generation, out, save = await _prepare(ctx, decode_body(raw, ResponsesRequest))
+
+    async def events(gen: Generation) -> AsyncGenerator[Event]:
+        steps = _events(gen, EventWriter(out, event_object), save, _same, _raise)
+        async with contextlib.aclosing(steps):
+            async for step in steps:
+                for event in step:
+                    yield event
+
+    return Streaming(generation, events)
 
 
 async def get_response(request: Request) -> Response:
@@ -133,3 +173,6 @@ routes = [
 ]
 
 fast_routes = {("POST", "/v1/responses"): create_response}
+
+stream_kinds = {"openai.responses": StreamKind("/v1/responses", _response_stream)}
+"""The stream of /v1/responses as event objects (api.websocket)."""
