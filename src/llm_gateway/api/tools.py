@@ -49,10 +49,11 @@ def function_tool(
     strict: bool | None,
     *,
     where: str,
+    schema_field: str = "parameters",
 ) -> Tool:
     """A function tool, checked; ``where`` is the path of the fields its errors name
     (``tools[0].function`` in OpenAI chat's nested layout, ``tools[0]`` in the
-    Responses API's flat one)."""
+    Responses API's flat one and gRPC's), ``schema_field`` the schema's field there."""
     if not _NAME.match(name):
         raise InvalidRequest(
             f"{where}.name '{name}' must be 1 to 64 letters, digits, '_', '-' or '.'",
@@ -62,9 +63,9 @@ def function_tool(
     kind = params.get("type", "object")
     if kind != "object" or not isinstance(params.get("properties", {}), dict):
         raise InvalidRequest(
-            f"{where}.parameters must be a JSON schema for an object "
+            f"{where}.{schema_field} must be a JSON schema for an object "
             f"(type 'object'), got type {kind!r}",
-            param=f"{where}.parameters",
+            param=f"{where}.{schema_field}",
         )
     return Tool(name=name, description=description or "", parameters=params, strict=strict)
 
@@ -73,16 +74,30 @@ def tools_from(specs: list[ToolSpec] | None) -> list[Tool] | None:
     """The request's tools, checked; None when it has none."""
     if not specs:
         return None
-    tools = [_tool(i, s) for i, s in enumerate(specs)]
+    return unique_names([_tool(i, s) for i, s in enumerate(specs)], "function.name")
+
+
+def unique_names(tools: list[Tool], name_field: str) -> list[Tool]:
+    """``tools``, once no two share a name; ``name_field`` is where each tool's name
+    lies under ``tools[i]`` (``function.name`` or ``name``)."""
     seen: set[str] = set()
     for i, t in enumerate(tools):
         if t.name in seen:
             raise InvalidRequest(
-                f"tools[{i}].function.name '{t.name}' is defined twice",
-                param=f"tools[{i}].function.name",
+                f"tools[{i}].{name_field} '{t.name}' is defined twice",
+                param=f"tools[{i}].{name_field}",
             )
         seen.add(t.name)
     return tools
+
+
+def named_choice(name: str, tools: list[Tool] | None, param: str) -> tuple[ToolChoice, str]:
+    """A tool choice naming one function, which must be among ``tools``."""
+    if not any(t.name == name for t in tools or ()):
+        raise InvalidRequest(
+            f"{param} names the function '{name}', which is not in 'tools'", param=param
+        )
+    return "function", name
 
 
 def choice_from(
@@ -108,9 +123,4 @@ def choice_from(
             "tool_choice must be {'type': 'function', 'function': {'name': ...}}",
             param="tool_choice",
         )
-    if not any(t.name == name for t in tools or ()):
-        raise InvalidRequest(
-            f"tool_choice names the function '{name}', which is not in 'tools'",
-            param="tool_choice",
-        )
-    return "function", name
+    return named_choice(name, tools, "tool_choice")

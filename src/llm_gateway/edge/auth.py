@@ -22,6 +22,7 @@ from llm_gateway.errors import GatewayError, NotReady, Unauthorized
 log = logging.getLogger(__name__)
 
 ALLOWLIST = frozenset({"/", "/health", "/ready", "/live"})
+MISSING = "missing credentials: send 'Authorization: Bearer <API key>'"
 
 
 def principal_of(scope: Any) -> Principal:
@@ -30,14 +31,9 @@ def principal_of(scope: Any) -> Principal:
     return principal
 
 
-def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """The bearer token of a request, or None without an Authorization header."""
-    token = bearer_bytes(headers)
-    return token.decode("latin-1") if token is not None else None
-
-
 def bearer_bytes(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
-    """``bearer_token`` as the header holds it."""
+    """The bearer token of a request as the header holds it, or None without an
+    Authorization header."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
@@ -59,11 +55,16 @@ def websocket_credential(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None
     return None
 
 
-async def principal_for(authenticator: Authenticator | None, token: bytes) -> Principal:
-    """The caller a credential names (a cached key at once); NotReady before the key
-    store opens, or when it fails."""
+async def principal_for(
+    authenticator: Authenticator | None, token: bytes | None, missing: str = MISSING
+) -> Principal:
+    """The caller a credential names (a cached key at once), for every transport
+    (HTTP, WebSocket, gRPC): NotReady before the key store opens or when it fails,
+    then Unauthorized(``missing``) without a credential, or the authenticator's own."""
     if authenticator is None:
         raise NotReady("the gateway is starting; retry shortly")
+    if token is None:
+        raise Unauthorized(missing)
     principal = authenticator.cached(token)
     if principal is not None:
         return principal
@@ -109,13 +110,8 @@ class AuthMiddleware:
             return
         try:
             principal = self._known(scope) or await self._principal(scope)
-        except GatewayError as exc:
+        except GatewayError as exc:  # a store failure comes as NotReady (principal_for)
             await self.errors.response(exc, scope)(scope, receive, send)
-            return
-        except Exception as exc:  # the key store failed: say so, in the caller's protocol
-            log.exception("could not check credentials")
-            unavailable = NotReady(f"credentials cannot be checked now ({type(exc).__name__})")
-            await self.errors.response(unavailable, scope)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
@@ -133,13 +129,7 @@ class AuthMiddleware:
     async def _principal(self, scope: Any) -> Principal:
         if not self.enabled:
             return ANONYMOUS
-        authenticator = self.authenticator()
-        if authenticator is None:
-            raise NotReady("the gateway is starting; retry shortly")
-        token = bearer_token(scope["headers"])
-        if token is None:
-            raise Unauthorized("missing credentials: send 'Authorization: Bearer <API key>'")
-        return await authenticator.authenticate(token)
+        return await principal_for(self.authenticator(), bearer_bytes(scope["headers"]))
 
     async def _websocket(self, scope: Any, receive: Any, send: Any) -> None:
         """A WebSocket handshake: see the module docstring; bad credentials refuse it."""

@@ -15,7 +15,7 @@ import msgspec
 
 from llm_gateway.api.responses.items import to_messages
 from llm_gateway.api.responses.schemas import FunctionTool, InputItem, ResponsesRequest, TextConfig
-from llm_gateway.api.tools import choice_from, function_tool
+from llm_gateway.api.tools import choice_from, function_tool, named_choice, unique_names
 from llm_gateway.api.validate import check_min, check_range
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import GenerationRequest, JsonFormat, Message, Sampling, Tool, ToolChoice
@@ -50,16 +50,7 @@ def _tool(i: int, spec: FunctionTool) -> Tool:
 def tools_of(specs: list[FunctionTool] | None) -> list[Tool] | None:
     if not specs:
         return None
-    tools, seen = [], set()
-    for i, spec in enumerate(specs):
-        tool = _tool(i, spec)
-        if tool.name in seen:
-            raise InvalidRequest(
-                f"tools[{i}].name '{tool.name}' is defined twice", param=f"tools[{i}].name"
-            )
-        seen.add(tool.name)
-        tools.append(tool)
-    return tools
+    return unique_names([_tool(i, spec) for i, spec in enumerate(specs)], "name")
 
 
 def choice_of(
@@ -77,12 +68,7 @@ def choice_of(
             f"type {choice.get('type')!r} is not supported",
             param="tool_choice",
         )
-    if not any(t.name == name for t in tools or ()):
-        raise InvalidRequest(
-            f"tool_choice names the function '{name}', which is not in 'tools'",
-            param="tool_choice",
-        )
-    return "function", name
+    return named_choice(name, tools, "tool_choice")
 
 
 def json_format_of(text: TextConfig | None) -> JsonFormat | None:

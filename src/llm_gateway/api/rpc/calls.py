@@ -22,7 +22,8 @@ from typing import Any
 from llm_gateway.api.rpc.status import status_of
 from llm_gateway.core.principal import ANONYMOUS, Principal
 from llm_gateway.core.service import Generation
-from llm_gateway.errors import BackendError, GatewayError, NotReady, Unauthorized
+from llm_gateway.edge.auth import principal_for
+from llm_gateway.errors import BackendError, GatewayError, Unauthorized
 from llm_gateway.state import GatewayState
 from llm_gateway.types import EmbeddingRequest, Embeddings, GenerationRequest
 from llm_gateway.usage.record import UsageRecord
@@ -51,22 +52,9 @@ async def authenticate(state: GatewayState, metadata: Sequence[tuple[str, Any]])
     """The caller of a call, from its metadata (see the module docstring)."""
     if not state.settings.auth:
         return ANONYMOUS
-    authenticator = state.authenticator
-    if authenticator is None:
-        raise NotReady("the gateway is starting; retry shortly")
     token = credential(metadata)
-    if token is None:
-        raise Unauthorized(_MISSING)
-    principal = authenticator.cached(token.encode("latin-1"))
-    if principal is not None:
-        return principal
-    try:
-        return await authenticator.authenticate(token)
-    except GatewayError:
-        raise
-    except Exception as exc:  # the key store failed: unavailable, not the caller's fault
-        log.exception("could not check credentials")
-        raise NotReady(f"credentials cannot be checked now ({type(exc).__name__})") from exc
+    encoded = token.encode("latin-1") if token is not None else None
+    return await principal_for(state.authenticator, encoded, _MISSING)
 
 
 def request_id(metadata: Sequence[tuple[str, Any]]) -> str:

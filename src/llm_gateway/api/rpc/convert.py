@@ -12,7 +12,6 @@ the sampling parameters) is ``optional`` in the .proto and read with ``HasField`
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
@@ -21,6 +20,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from llm_gateway.api.rpc._generated import gateway_pb2 as pb
+from llm_gateway.api.tools import function_tool, named_choice, unique_names
 from llm_gateway.api.validate import check_min, check_range, stop_list
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import (
@@ -57,7 +57,6 @@ _MODES: dict[int, ToolChoice] = {
     pb.ToolChoice.MODE_NONE: "none",
     pb.ToolChoice.MODE_REQUIRED: "required",
 }
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 M = TypeVar("M", bound=ProtoMessage)
 
 
@@ -170,45 +169,24 @@ def _message(i: int, m: pb.Message) -> Message:
 
 
 def _tool(i: int, t: pb.Tool) -> Tool:
-    if not _TOOL_NAME.match(t.name):
-        raise InvalidRequest(
-            f"tools[{i}].name '{t.name}' must be 1 to 64 letters, digits, '_', '-' or '.'",
-            param=f"tools[{i}].name",
-        )
     field = f"tools[{i}].parameters_json"
     params = _json_object(field, t.parameters_json) if t.parameters_json else {}
-    properties = params.get("properties", {})
-    if params.get("type", "object") != "object" or not isinstance(properties, dict):
-        raise InvalidRequest(f"'{field}' must be a JSON schema for an object", param=field)
-    return Tool(
-        name=t.name,
-        description=t.description,
-        parameters=params,
-        strict=_optional(t, "strict"),
+    strict = _optional(t, "strict")
+    where = f"tools[{i}]"
+    return function_tool(
+        t.name, t.description, params, strict, where=where, schema_field="parameters_json"
     )
 
 
 def _tools(specs: Sequence[pb.Tool]) -> list[Tool] | None:
-    tools = [_tool(i, t) for i, t in enumerate(specs)]
-    names = [t.name for t in tools]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise InvalidRequest(
-                f"tools[{i}].name '{name}' is defined twice", param=f"tools[{i}].name"
-            )
-    return tools or None
+    return unique_names([_tool(i, t) for i, t in enumerate(specs)], "name") or None
 
 
 def _choice(request: pb.ChatRequest, tools: list[Tool] | None) -> tuple[ToolChoice, str | None]:
     choice = request.tool_choice
     which = choice.WhichOneof("choice") if request.HasField("tool_choice") else None
     if which == "function":
-        if not any(t.name == choice.function for t in tools or ()):
-            raise InvalidRequest(
-                f"tool_choice.function '{choice.function}' is not in 'tools'",
-                param="tool_choice.function",
-            )
-        return "function", choice.function
+        return named_choice(choice.function, tools, "tool_choice.function")
     mode = _MODES.get(choice.mode) if which == "mode" else "auto"
     if mode is None:
         raise InvalidRequest(f"tool_choice.mode {choice.mode} is unknown", param="tool_choice.mode")
