@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -104,3 +105,24 @@ def start_gateway(
         time.sleep(0.05)
     proc.terminate()
     pytest.fail(f"gateway did not become ready in {timeout_s:.0f} s")
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    """Poll until check() returns something truthy (usage records are written in the
+    background), or the timeout passes; the last value either way."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def new_key(stack: dict[str, Any], owner: str, **body: Any) -> str:
+    """A new API key (named for its owner) on the gateway at ``stack["base"]``."""
+    made = httpx.post(
+        f"{stack['base']}/api/keys", json={"name": owner, "owner": owner, **body}, headers=AUTH
+    )
+    assert made.status_code == 201, made.text
+    key: str = made.json()["key"]
+    return key

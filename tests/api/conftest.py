@@ -15,7 +15,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import ADMIN_KEY, AUTH, start_gateway
+from tests.conftest import ADMIN_KEY, AUTH, free_port, start_gateway
 from tests.models.minilm import convert, minilm_dir
 from tests.upstreams import upstream
 
@@ -29,7 +29,8 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Iterator[dict[str, Any]]:
-    """{"base": the gateway's URL, "openai_cue"/"ollama_cue": the doubles' cues}.
+    """{"base": the gateway's URL, "target": its gRPC host:port, "openai_cue"/"ollama_cue":
+    the doubles' cues}.
 
     Models: ``smollm2`` (the built-in model), ``minilm`` (embeddings only),
     ``up-openai`` and ``up-ollama``."""
@@ -47,10 +48,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Iterator[di
         config.write_text(yaml.safe_dump({"models": models}))
         env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN_KEY, "LOG_LEVEL": "WARNING"}
         args = ["--config", str(config), "--data-dir", str(tmp), "--threads", "2"]
-        args += ["--usage-flush-interval-s", "0.1"]
+        grpc_port = free_port()
+        args += ["--usage-flush-interval-s", "0.1", "--grpc-port", str(grpc_port)]
         proc, base = start_gateway(args, env)
         try:
-            yield {"base": base, "openai_cue": oa_cue, "ollama_cue": ol_cue}
+            target = f"127.0.0.1:{grpc_port}"
+            yield {"base": base, "target": target, "openai_cue": oa_cue, "ollama_cue": ol_cue}
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from tests.api.agents_sdk import echo_agent, run_echo
 from tests.conftest import ADMIN_KEY, AUTH
 
 pytestmark = [
@@ -273,47 +274,12 @@ def test_langchain_ollama_structured_output_and_embeddings(
 # -- OpenAI Agents SDK --------------------------------------------------------------
 
 
-def _agent(stack: dict[str, Any], model: str, seen: list[str], **kw: Any) -> Any:
-    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, function_tool
-    from openai import AsyncOpenAI
-
-    @function_tool
-    def echo(text: str) -> str:
-        """Echo the text back."""
-        seen.append(text)
-        return f"echoed: {text}"
-
-    client = AsyncOpenAI(base_url=f"{stack['base']}/v1", api_key=ADMIN_KEY, max_retries=0)
-    return Agent(
-        name="echoer",
-        instructions="Use the echo tool on the user's words.",
-        tools=[echo],
-        model=OpenAIChatCompletionsModel(model=model, openai_client=client),
-        model_settings=ModelSettings(tool_choice="required", max_tokens=60, temperature=0),
-        **kw,
-    )
-
-
-async def _run(agent: Any, stream: bool) -> Any:
-    from agents import Runner
-
-    if not stream:
-        return (await Runner.run(agent, "Echo hello world", max_turns=4)).final_output
-    run = Runner.run_streamed(agent, "Echo hello world", max_turns=4)
-    kinds = {event.type async for event in run.stream_events()}
-    assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
-    return run.final_output
-
-
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["smollm2", "up-openai"])
 def test_agents_sdk_function_tool(stack: dict[str, Any], model: str, stream: bool) -> None:
-    from agents import set_tracing_disabled
-
-    set_tracing_disabled(True)  # it would send traces to OpenAI
     seen: list[str] = []
-    agent = _agent(stack, model, seen, tool_use_behavior="stop_on_first_tool")
-    output = asyncio.run(_run(agent, stream))
+    agent = echo_agent(stack, model, seen, responses=False, tool_use_behavior="stop_on_first_tool")
+    output = asyncio.run(run_echo(agent, stream))
     assert len(seen) == 1 and output == f"echoed: {seen[0]}"
     if model == "up-openai":
         assert seen == ["Echo hello world"]
@@ -321,9 +287,6 @@ def test_agents_sdk_function_tool(stack: dict[str, Any], model: str, stream: boo
 
 def test_agents_sdk_runs_the_whole_loop_on_the_engine(stack: dict[str, Any]) -> None:
     """Forced call, tool result back in, then (tool_choice reset to auto) an answer."""
-    from agents import set_tracing_disabled
-
-    set_tracing_disabled(True)
     seen: list[str] = []
-    output = asyncio.run(_run(_agent(stack, "smollm2", seen), stream=False))
+    output = asyncio.run(run_echo(echo_agent(stack, "smollm2", seen, responses=False), False))
     assert len(seen) == 1 and isinstance(output, str) and output

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import yaml
 from pydantic import BaseModel
 
-from tests.conftest import ADMIN_KEY, AUTH, start_gateway
-from tests.upstreams import upstream
+from tests.api.agents_sdk import echo_agent, run_echo
+from tests.conftest import AUTH
 
 pytestmark = pytest.mark.model
 
@@ -50,31 +47,6 @@ STREAM_TEXT = [
 class Weather(BaseModel):
     city: str
     sunny: bool
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The package's stack less its embedding model (none is needed here): the
-    built-in ``smollm2``, ``up-openai`` and ``up-ollama``."""
-    tmp = tmp_path_factory.mktemp("responses")
-    with ExitStack() as es:
-        oa_url, oa_cue = es.enter_context(upstream("openai"))
-        ol_url, ol_cue = es.enter_context(upstream("ollama"))
-        models = [
-            {"name": "smollm2", "backend": "engine"},
-            {"name": "up-openai", "backend": "openai", "url": oa_url},
-            {"name": "up-ollama", "backend": "ollama", "url": ol_url},
-        ]
-        config = tmp / "models.yaml"
-        config.write_text(yaml.safe_dump({"models": models}))
-        env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN_KEY, "LOG_LEVEL": "WARNING"}
-        args = ["--config", str(config), "--data-dir", str(tmp), "--threads", "2"]
-        proc, base = start_gateway(args, env)
-        try:
-            yield {"base": base, "openai_cue": oa_cue, "ollama_cue": ol_cue}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def _kinds(events: list[Any]) -> list[str]:
@@ -287,49 +259,14 @@ def test_an_upstream_dying_mid_stream_is_an_error_event(
 # -- OpenAI Agents SDK --------------------------------------------------------------
 
 
-def _agent(stack: dict[str, Any], model: str, seen: list[str], **kw: Any) -> Any:
-    from agents import Agent, ModelSettings, OpenAIResponsesModel, function_tool
-    from openai import AsyncOpenAI
-
-    @function_tool
-    def echo(text: str) -> str:
-        """Echo the text back."""
-        seen.append(text)
-        return f"echoed: {text}"
-
-    client = AsyncOpenAI(base_url=f"{stack['base']}/v1", api_key=ADMIN_KEY, max_retries=0)
-    return Agent(
-        name="echoer",
-        instructions="Use the echo tool on the user's words.",
-        tools=[echo],
-        model=OpenAIResponsesModel(model=model, openai_client=client),
-        model_settings=ModelSettings(tool_choice="required", max_tokens=60, temperature=0),
-        **kw,
-    )
-
-
-async def _run(agent: Any, stream: bool, **kw: Any) -> Any:
-    from agents import Runner
-
-    if not stream:
-        return (await Runner.run(agent, "Echo hello world", max_turns=4, **kw)).final_output
-    run = Runner.run_streamed(agent, "Echo hello world", max_turns=4, **kw)
-    kinds = {event.type async for event in run.stream_events()}
-    assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
-    return run.final_output
-
-
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["smollm2", "up-openai"])
 def test_agents_sdk_responses_model_function_tool(
     stack: dict[str, Any], model: str, stream: bool
 ) -> None:
-    from agents import set_tracing_disabled
-
-    set_tracing_disabled(True)  # it would send traces to OpenAI
     seen: list[str] = []
-    agent = _agent(stack, model, seen, tool_use_behavior="stop_on_first_tool")
-    output = asyncio.run(_run(agent, stream))
+    agent = echo_agent(stack, model, seen, responses=True, tool_use_behavior="stop_on_first_tool")
+    output = asyncio.run(run_echo(agent, stream))
     assert len(seen) == 1 and output == f"echoed: {seen[0]}"
     if model == "up-openai":
         assert seen == ["Echo hello world"]
@@ -339,10 +276,8 @@ def test_agents_sdk_responses_model_function_tool(
 def test_agents_sdk_runs_the_whole_loop_on_the_engine(stack: dict[str, Any], chained: bool) -> None:
     """Forced call, the tool's result back in (the whole history, or chained by
     previous_response_id), then (tool_choice reset to auto) an answer."""
-    from agents import set_tracing_disabled
-
-    set_tracing_disabled(True)
     seen: list[str] = []
     kw = {"auto_previous_response_id": True} if chained else {}
-    output = asyncio.run(_run(_agent(stack, "smollm2", seen), stream=False, **kw))
+    agent = echo_agent(stack, "smollm2", seen, responses=True)
+    output = asyncio.run(run_echo(agent, stream=False, **kw))
     assert len(seen) == 1 and isinstance(output, str) and output

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import ADMIN_KEY, AUTH
+from tests.conftest import ADMIN_KEY, AUTH, new_key, wait_for
 
 pytestmark = pytest.mark.model
 
@@ -85,24 +85,6 @@ def chat_text(messages: list[Message]) -> str:
 
 def user(text: str) -> list[Message]:
     return [{"role": "user", "content": text}]
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
-
-def new_key(stack: dict[str, Any], owner: str, **body: Any) -> str:
-    made = httpx.post(
-        f"{stack['base']}/api/keys", json={"name": owner, "owner": owner, **body}, headers=AUTH
-    )
-    assert made.status_code == 201, made.text
-    key: str = made.json()["key"]
-    return key
 
 
 @contextmanager

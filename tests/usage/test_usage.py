@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +28,9 @@ from llm_gateway.usage.histograms import bucket_upper_ms, latency_bucket, percen
 from llm_gateway.usage.metrics import GatewayMetrics
 from llm_gateway.usage.record import UsageRecord
 from llm_gateway.usage.recorder import UsageRecorder
-from tests.conftest import ADMIN_KEY, AUTH, admin_client, start_gateway
+from tests.conftest import ADMIN_KEY, AUTH, admin_client, start_gateway, wait_for
 
 CHAT = {"model": "dummy", "messages": [{"role": "user", "content": "one two three"}]}
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    """Poll until check() returns something truthy (records are written every 50 ms here)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 @pytest.fixture

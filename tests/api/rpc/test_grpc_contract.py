@@ -5,7 +5,6 @@ bad input gets, rate limits and usage records."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from llm_gateway.api.rpc._generated import gateway_pb2 as pb
 from tests.api.rpc.conftest import ADMIN
-from tests.conftest import ADMIN_KEY, AUTH
+from tests.conftest import ADMIN_KEY, AUTH, new_key, wait_for
 
 pytestmark = pytest.mark.model
 
@@ -29,15 +28,6 @@ CHAT = "grpc:/llmgw.v1.Gateway/Chat"
 
 def user(text: str) -> pb.Message:
     return pb.Message(role=pb.ROLE_USER, content=text)
-
-
-def new_key(stack: dict[str, Any], owner: str, **body: Any) -> str:
-    made = httpx.post(
-        f"{stack['base']}/api/keys", json={"name": owner, "owner": owner, **body}, headers=AUTH
-    )
-    assert made.status_code == 201, made.text
-    key: str = made.json()["key"]
-    return key
 
 
 def bearer(key: str) -> tuple[tuple[str, str], ...]:
@@ -59,15 +49,6 @@ def failure(call: Callable[[], Any]) -> grpc.RpcError:
 
 def trailers(err: grpc.RpcError) -> dict[str, str]:
     return dict(err.trailing_metadata() or ())
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def test_chat_streams_from_the_built_in_model(stub: Any) -> None:
@@ -150,7 +131,7 @@ def test_embed_returns_one_vector_per_input(stub: Any) -> None:
 
 def test_list_models(stub: Any) -> None:
     models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), metadata=ADMIN).models}
-    assert set(models) == {"smollm2", "up-openai", "up-ollama"}
+    assert set(models) == {"smollm2", "minilm", "up-openai", "up-ollama"}
     assert models["smollm2"].backend == "engine" and models["smollm2"].ready
     assert models["smollm2"].context_length > 0
     assert models["up-ollama"].backend == "ollama"
@@ -199,7 +180,7 @@ def test_bad_credentials_are_unauthenticated(stub: Any, metadata: Any) -> None:
 
 def test_x_api_key_is_accepted(stub: Any) -> None:
     reply = stub.ListModels(pb.ListModelsRequest(), metadata=(("x-api-key", ADMIN_KEY),))
-    assert len(reply.models) == 3
+    assert len(reply.models) == 4  # the stack's models
 
 
 def test_unknown_model_is_not_found(stub: Any) -> None:
@@ -254,9 +235,9 @@ def test_bytes_that_are_no_request_are_invalid_argument(channel: grpc.Channel) -
 
 
 def test_a_model_outside_the_keys_list_is_permission_denied(
-    rpc_stack: dict[str, Any], stub: Any
+    stack: dict[str, Any], stub: Any
 ) -> None:
-    key = new_key(rpc_stack, "olga", allowed_models=["up-openai"])
+    key = new_key(stack, "olga", allowed_models=["up-openai"])
     assert list(
         stub.Chat(pb.ChatRequest(model="up-openai", messages=[user("hi")]), metadata=bearer(key))
     )
@@ -269,9 +250,9 @@ def test_a_model_outside_the_keys_list_is_permission_denied(
 
 
 def test_a_rate_limit_is_resource_exhausted_with_retry_info(
-    rpc_stack: dict[str, Any], stub: Any
+    stack: dict[str, Any], stub: Any
 ) -> None:
-    key = new_key(rpc_stack, "rick", limits={"requests_per_minute": 1})
+    key = new_key(stack, "rick", limits={"requests_per_minute": 1})
     request = pb.ChatRequest(model="up-openai", messages=[user("hi")])
     first = stub.Chat(request, metadata=bearer(key))
     assert list(first)
@@ -285,10 +266,8 @@ def test_a_rate_limit_is_resource_exhausted_with_retry_info(
     assert int(meta["retry-after"]) >= 1 and meta["error-type"] == "rate_limit_error"
 
 
-def test_a_stream_that_breaks_upstream_ends_unavailable(
-    rpc_stack: dict[str, Any], stub: Any
-) -> None:
-    cue = rpc_stack["openai_cue"]
+def test_a_stream_that_breaks_upstream_ends_unavailable(stack: dict[str, Any], stub: Any) -> None:
+    cue = stack["openai_cue"]
     cue.die_after = 1
     try:
         call = stub.Chat(
@@ -302,8 +281,8 @@ def test_a_stream_that_breaks_upstream_ends_unavailable(
         cue.die_after = None
 
 
-def test_calls_leave_usage_records(rpc_stack: dict[str, Any], stub: Any) -> None:
-    key = new_key(rpc_stack, "rita")
+def test_calls_leave_usage_records(stack: dict[str, Any], stub: Any) -> None:
+    key = new_key(stack, "rita")
     list(
         stub.Chat(
             pb.ChatRequest(model="up-openai", messages=[user("one two")]), metadata=bearer(key)
@@ -312,7 +291,7 @@ def test_calls_leave_usage_records(rpc_stack: dict[str, Any], stub: Any) -> None
     failure(
         lambda: stub.Chat(pb.ChatRequest(model="nope", messages=[user("x")]), metadata=bearer(key))
     )
-    base, auth = rpc_stack["base"], {"Authorization": f"Bearer {key}"}
+    base, auth = stack["base"], {"Authorization": f"Bearer {key}"}
 
     def recorded() -> dict[str, Any] | None:
         body: dict[str, Any] = httpx.get(f"{base}/api/stats", headers=auth).json()
@@ -333,10 +312,8 @@ def test_calls_leave_usage_records(rpc_stack: dict[str, Any], stub: Any) -> None
     assert f'route="{CHAT}"' in metrics
 
 
-def test_cancelling_a_stream_closes_the_upstream_request(
-    rpc_stack: dict[str, Any], stub: Any
-) -> None:
-    cue = rpc_stack["openai_cue"]
+def test_cancelling_a_stream_closes_the_upstream_request(stack: dict[str, Any], stub: Any) -> None:
+    cue = stack["openai_cue"]
     cue.chunk_delay_s, before = 0.2, cue.cancelled
     try:
         words = " ".join(f"w{i}" for i in range(50))
