@@ -1,4 +1,4 @@
-"""Small OpenAI- and Ollama-shaped upstream servers for tests, able to fail on cue.
+"""Small OpenAI-, Ollama- and Anthropic-shaped upstream servers for tests, able to fail on cue.
 
 Each runs a real aiohttp server on 127.0.0.1 in its own thread. It answers by
 echoing the last user message one word per chunk (so tests know the text), or,
@@ -6,7 +6,7 @@ asked for JSON under a schema, with one value that fits it (strings filled with
 that text),
 and obeys a ``Cue``: fail the next requests with given statuses, die after N
 chunks, wait before answering. It records every request it saw and whether a
-stream was cut off by the client.
+stream was cut off by the client. The Anthropic side is in tests/upstream_anthropic.py.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from typing import Any, Literal
 
 import orjson
 from aiohttp import web
+
+from tests import upstream_anthropic
+
+Kind = Literal["openai", "ollama", "anthropic"]
 
 
 @dataclass
@@ -74,7 +78,7 @@ def _tool_call(body: dict[str, Any]) -> tuple[str, str]:
 
 
 class _Server:
-    def __init__(self, kind: Literal["openai", "ollama"], cue: Cue) -> None:
+    def __init__(self, kind: Kind, cue: Cue) -> None:
         self.kind = kind
         self.cue = cue
         self.app = web.Application()
@@ -83,6 +87,10 @@ class _Server:
             self.app.router.add_post("/v1/completions", self.openai)
             self.app.router.add_get("/v1/models", self.models)
             self.app.router.add_post("/v1/embeddings", self.embed)
+        elif kind == "anthropic":
+            self.app.router.add_post("/v1/messages", self.anthropic)
+            self.app.router.add_post("/v1/messages/count_tokens", self.anthropic_count)
+            self.app.router.add_get("/v1/models", self.models)
         else:
             self.app.router.add_post("/api/chat", self.ollama)
             self.app.router.add_post("/api/generate", self.ollama)
@@ -107,6 +115,12 @@ class _Server:
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         usage = {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)}
         return web.json_response({"object": "list", "data": data[::-1], "usage": usage})
+
+    async def anthropic(self, request: web.Request) -> web.StreamResponse:
+        return await upstream_anthropic.messages(request, self._begin, self._stream)
+
+    async def anthropic_count(self, request: web.Request) -> web.Response:
+        return await upstream_anthropic.count_tokens(request, self._begin)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [], "models": []})
@@ -248,9 +262,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def upstream(
-    kind: Literal["openai", "ollama"], cue: Cue | None = None
-) -> Iterator[tuple[str, Cue]]:
+def upstream(kind: Kind, cue: Cue | None = None) -> Iterator[tuple[str, Cue]]:
     """A running upstream: (base URL as the models file wants it, its cue)."""
     cue = cue or Cue()
     server = _Server(kind, cue)
@@ -269,7 +281,7 @@ def upstream(
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert started.wait(10), "upstream did not start"
-    base = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    base = f"http://127.0.0.1:{port}" + ("" if kind == "ollama" else "/v1")
     try:
         yield base, cue
     finally:

@@ -146,6 +146,9 @@ class Chunk:
     usage: Usage | None = None
     tool_calls: list[ToolCallDelta] | None = None
     logprobs: list[TokenLogprob] | None = None
+    stop_sequence: str | None = None
+    """On the last chunk, with finish_reason "stop": the caller's stop string that
+    ended the generation, where the backend knows it (None: end of turn)."""
 
 
 @dataclass(slots=True)

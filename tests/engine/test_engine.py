@@ -167,7 +167,7 @@ async def test_stop_string_ends_generation(engine: EngineBackend) -> None:
     assert "5" in text
     cut, final = await run(engine, chat("Count from 1 to 20, separated by commas.", 60, stop=["5"]))
     assert final.finish_reason == "stop" and "5" not in cut
-    assert text.startswith(cut)
+    assert text.startswith(cut) and final.stop_sequence == "5"
 
 
 async def test_json_schema_constrains_output(engine: EngineBackend) -> None:

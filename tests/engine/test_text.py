@@ -37,9 +37,10 @@ def test_stop_strings_spanning_tokens(
 
 
 def test_stopped_stream_drops_the_rest() -> None:
-    stream = TextStream(["END"])
+    stream = TextStream(["tail", "END"])
     assert stream.feed(b"doneEND tail") == "done"
     assert stream.stopped and stream.flush() == ""
+    assert stream.matched == "END"  # the first to occur, whatever the list's order
 
 
 def test_held_suffix() -> None:

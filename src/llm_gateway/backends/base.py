@@ -48,3 +48,7 @@ class Backend(Protocol):
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         """One vector per input; raises InvalidRequest where the model cannot embed."""
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt tokens ``request`` would take, as the model counts them (its chat
+        template and tools included); raises InvalidRequest where it cannot tell."""

@@ -46,9 +46,13 @@ def _source_text(request: GenerationRequest) -> tuple[str, int]:
     return prompt, len(prompt.split())
 
 
-def _apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+def _apply_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
+    """The text up to the first stop string, and that string (None: none is in it)."""
+    found = [(i, s) for s in stops if s and (i := text.find(s)) >= 0]
+    if not found:
+        return text, None
+    cut, stop = min(found)
+    return text[:cut], stop
 
 
 def build(spec: ModelSpec, context: BuildContext) -> DummyBackend:
@@ -103,6 +107,10 @@ class DummyBackend:
             vectors.append([x / norm for x in raw])
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's words (the dummy's tokens)."""
+        return _source_text(request)[1]
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if self.behaviour == "dummy-error":
             raise BackendError("dummy backend failed on purpose")
@@ -113,7 +121,7 @@ class DummyBackend:
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words[:limit])]
         finish: FinishReason = "length" if len(words) > limit else "stop"
         full, stopped = _apply_stop("".join(pieces), request.stop)
-        if stopped:
+        if stopped is not None:
             finish = "stop"
         emitted = count = 0
         for piece in pieces:
@@ -131,4 +139,4 @@ class DummyBackend:
         usage = Usage(
             prompt_tokens=prompt_tokens, completion_tokens=count, eval_ns=elapsed, total_ns=elapsed
         )
-        yield Chunk(text="", finish_reason=finish, usage=usage)
+        yield Chunk(text="", finish_reason=finish, usage=usage, stop_sequence=stopped)

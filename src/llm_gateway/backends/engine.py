@@ -243,16 +243,7 @@ class EngineBackend:
         from llm_gateway.engine.toolprompt import forced_schema, offered_tools
         from llm_gateway.engine.toolstream import with_tool_calls
 
-        scheduler = self._scheduler
-        if self.embedding_only:
-            raise InvalidRequest(
-                f"model '{self.name}' is an embedding model: it does not generate text",
-                param="model",
-            )
-        if scheduler is None:
-            if self.load_error is not None:
-                raise NotReady(f"model '{self.name}' failed to load: {self.load_error}")
-            raise NotReady(f"model '{self.name}' is still loading")
+        scheduler = self._generating()
         job = await self._prepare(request)
         chunks = self._run(scheduler, job)
         if offered_tools(request):
@@ -260,6 +251,19 @@ class EngineBackend:
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 yield chunk
+
+    def _generating(self) -> Scheduler:
+        """The scheduler, once the model can generate; else why it cannot."""
+        if self.embedding_only:
+            raise InvalidRequest(
+                f"model '{self.name}' is an embedding model: it does not generate text",
+                param="model",
+            )
+        if self._scheduler is None:
+            if self.load_error is not None:
+                raise NotReady(f"model '{self.name}' failed to load: {self.load_error}")
+            raise NotReady(f"model '{self.name}' is still loading")
+        return self._scheduler
 
     async def _run(self, scheduler: Scheduler, job: Job) -> AsyncGenerator[Chunk, None]:
         try:
@@ -284,7 +288,8 @@ class EngineBackend:
                     done = True
                     reason, usage = payload
                     usage.load_ns = 0
-                    yield Chunk(text="", finish_reason=reason, usage=usage)
+                    matched = job.text.matched if job.text is not None else None
+                    yield Chunk(text="", finish_reason=reason, usage=usage, stop_sequence=matched)
                     return
                 else:
                     done = True
@@ -331,12 +336,26 @@ class EngineBackend:
             echo=request.prompt or "" if request.echo else "",
         )
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        self._generating()
+        text = self._prompt_text(request)
+        if len(text) > _INLINE_TOKENIZE_CHARS:
+            return len(await asyncio.to_thread(self._tokenize, text))
+        return len(self._tokenize(text))
+
     def _prompt_text(self, request: GenerationRequest) -> str:
+        """The prompt: the chat template's rendering of the messages (a last assistant
+        message without tool calls is a prefill, which the model continues, as in
+        llama.cpp's server and Ollama), or the completion prompt."""
         assert self._template is not None
         if request.messages is not None:
             from llm_gateway.engine.toolprompt import offered_tools
 
-            return self._template.render(request.messages, tools=offered_tools(request))
+            messages, tools = request.messages, offered_tools(request)
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant" and not last.tool_calls:
+                return self._template.render(messages[:-1], tools=tools) + last.content
+            return self._template.render(messages, tools=tools)
         prompt = request.prompt or ""
         if request.raw:
             return prompt

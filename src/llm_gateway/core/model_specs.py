@@ -6,7 +6,7 @@ The models file (GATEWAY_CONFIG) looks like:
       - name: smollm2-135m-instruct     # the public name
         aliases: [llama-3.1-8b-instruct, default]
         backend: engine                 # a backend kind: engine (in process), dummy,
-                                        # openai, ollama, or a plugin's
+                                        # openai, ollama, anthropic, or a plugin's
         path: ./models/model.gguf       # omitted: the built-in model
         ctx_size: 8192                  # optional per-model engine sizing
         max_sequences: 8
@@ -61,7 +61,7 @@ class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     backend: str = "engine"
     path: str | None = None
-    # upstream backends (openai, ollama)
+    # upstream backends (openai, ollama, anthropic)
     url: str | None = None
     urls: list[str] = []
     upstream_model: str | None = None
@@ -175,7 +175,7 @@ def _upstream(m: _FileModel, config: Path, upstream: bool) -> UpstreamSpec | Non
     if not upstream:
         if m.url or m.urls:
             raise ConfigError(
-                f"model '{m.name}': url/urls are for upstream backends (openai, ollama)"
+                f"model '{m.name}': url/urls are for upstream backends (openai, ollama, anthropic)"
             )
         return None
     urls = ([m.url] if m.url else []) + list(m.urls)

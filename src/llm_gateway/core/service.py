@@ -119,6 +119,7 @@ class Generation:
                 usage=final.usage,
                 tool_calls=calls or None,
                 logprobs=logprobs,
+                stop_sequence=final.stop_sequence,
             )
         return "".join(parts), final
 
@@ -196,6 +197,18 @@ class InferenceService:
             record.prompt_tokens = result.prompt_tokens
             record.first_token = time.perf_counter()
         return result, admission[1].raw_headers if admission is not None else []
+
+    async def count_tokens(
+        self, request: GenerationRequest, principal: Principal, record: UsageRecord | None = None
+    ) -> int:
+        """The prompt tokens the model would take for ``request``, which is not run:
+        the caller's model allow-list applies, its token limits do not."""
+        entry = self.registry.resolve(request.model)
+        if record is not None:
+            record.model = entry.name
+            record.backend = entry.spec.backend
+        check_model_allowed(principal, entry, request.model)
+        return await entry.backend.count_tokens(request)
 
     def _chain(self, entry: ModelEntry, principal: Principal) -> list[ModelEntry]:
         """The model and, in order, its fallbacks that the caller may use."""

@@ -24,13 +24,14 @@ def held_suffix(text: str, stops: list[str]) -> int:
 class TextStream:
     """Incremental detokeniser with stop-string detection for one sequence."""
 
-    __slots__ = ("_decoder", "_held", "_stops", "stopped")
+    __slots__ = ("_decoder", "_held", "_stops", "matched", "stopped")
 
     def __init__(self, stops: list[str]) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended it
 
     def feed(self, data: bytes) -> str:
         """Add a token's bytes; return the text now safe to emit ('' if none)."""
@@ -40,7 +41,9 @@ class TextStream:
         if not self._stops:
             self._held = ""
             return text
-        cut = min((i for s in self._stops if (i := text.find(s)) >= 0), default=-1)
+        cut, self.matched = min(
+            ((i, s) for s in self._stops if (i := text.find(s)) >= 0), default=(-1, None)
+        )
         if cut >= 0:
             self.stopped = True
             self._held = ""

@@ -79,7 +79,12 @@ async def with_tool_calls(
             tail = pre + tail
             if not request.parallel_tool_calls:
                 calls = calls[:1]
-        final = Chunk(text="", finish_reason=chunk.finish_reason, usage=chunk.usage)
+        final = Chunk(
+            text="",
+            finish_reason=chunk.finish_reason,
+            usage=chunk.usage,
+            stop_sequence=chunk.stop_sequence,
+        )
         for out in _end(final, tail, calls):
             yield out
         return

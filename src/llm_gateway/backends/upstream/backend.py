@@ -1,4 +1,5 @@
-"""Upstream inference servers as backends: OpenAI-compatible or Ollama, one or more replicas.
+"""Upstream inference servers as backends: OpenAI-compatible, Ollama or Anthropic's
+Messages API (the kind's ``Wire`` in ``protocols``), one or more replicas.
 
 Each request goes to the replica with the fewest outstanding requests per unit
 of weight, skipping replicas whose circuit breaker is open or that are full
@@ -8,9 +9,9 @@ of weight, skipping replicas whose circuit breaker is open or that are full
 after that, a failure ends the stream with one in-band error. Other 4xx are
 the caller's problem and are passed on at once.
 
-Each replica has a circuit breaker (``replicas``). An active health
-check (GET ``/models`` or ``/api/tags``) runs every ``HEALTH_INTERVAL_S`` and
-at start-up; ``/health`` shows every replica.
+Each replica has a circuit breaker (``replicas``). An active health check (GET
+the kind's ``health_path``: ``/models`` or ``/api/tags``) runs every
+``HEALTH_INTERVAL_S`` and at start-up; ``/health`` shows every replica.
 
 All replicas share the app's one pooled HTTP client (``HttpPool``, ``http1``).
 Closing the chunk iterator (client gone) closes the upstream response, which
@@ -33,31 +34,18 @@ from llm_gateway.backends.registry import BackendKind, BackendKinds, BuildContex
 from llm_gateway.backends.spec import ModelSpec
 from llm_gateway.backends.upstream.config import HttpPool, UpstreamSpec
 from llm_gateway.backends.upstream.http1 import HttpResponse
+from llm_gateway.backends.upstream.protocols import WIRES, Wire
 from llm_gateway.backends.upstream.reading import (
     Retryable,
     describe,
     lines,
     merged,
     parsed,
-    sse_data,
     status_error,
 )
 from llm_gateway.backends.upstream.replicas import BREAKER_COOLDOWN_S, Replica
-from llm_gateway.backends.upstream.wire import (
-    UpstreamStreamError,
-    ollama_line,
-    ollama_reply,
-    ollama_request,
-    openai_reply,
-    openai_request,
-)
-from llm_gateway.backends.upstream.wire_embed import (
-    ollama_embed_reply,
-    ollama_embed_request,
-    openai_embed_reply,
-    openai_embed_request,
-)
-from llm_gateway.errors import UpstreamError, UpstreamUnavailable
+from llm_gateway.backends.upstream.wire import UpstreamStreamError
+from llm_gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
 from llm_gateway.types import Chunk, EmbeddingRequest, Embeddings, GenerationRequest, ModelDetails
 
 log = logging.getLogger(__name__)
@@ -75,6 +63,7 @@ def build(spec: ModelSpec, context: BuildContext) -> UpstreamBackend:
 def register(kinds: BackendKinds) -> None:
     kinds.add(BackendKind("openai", build, upstream=True))
     kinds.add(BackendKind("ollama", build, upstream=True))
+    kinds.add(BackendKind("anthropic", build, upstream=True))
 
 
 class UpstreamBackend:
@@ -88,10 +77,11 @@ class UpstreamBackend:
         self.replicas = [Replica(u, w) for u, w in zip(spec.urls, weights, strict=True)]
         self._health_task: asyncio.Task[None] | None = None
         self._started = False
-        self._headers = _auth_headers(spec)
+        self.wire: Wire = WIRES[spec.kind]
+        self._headers = _headers(spec, self.wire)
         self._post_headers = {
             **self._headers,
-            "Accept": "text/event-stream" if spec.kind == "openai" else "*/*",
+            "Accept": self.wire.accept,
             "Content-Type": "application/json",
         }
 
@@ -138,7 +128,7 @@ class UpstreamBackend:
         await asyncio.gather(*(self._check(r) for r in self.replicas))
 
     async def _check(self, replica: Replica) -> None:
-        path = "/models" if self.spec.kind == "openai" else "/api/tags"
+        path = self.wire.health_path
         connect_s = self.spec.timeouts.connect_s
         try:
             async with asyncio.timeout(connect_s + 2):
@@ -217,11 +207,15 @@ class UpstreamBackend:
     async def complete(self, request: GenerationRequest) -> Chunk:
         """A whole (non-streaming) answer as one final chunk, with the same retries,
         replicas and breakers as ``stream`` but no generators on the way."""
-        build = openai_request if self.spec.kind == "openai" else ollama_request
-        path, body = build(request, self.spec.model)
-        return await self._whole(
-            path, body, openai_reply if self.spec.kind == "openai" else ollama_reply
-        )
+        path, body = self.wire.request(request, self.spec.model)
+        return await self._whole(path, body, self.wire.reply)
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt tokens the upstream counts for the request (Anthropic's
+        count_tokens; elsewhere the usage of a one-token whole generation), with
+        the retries, replicas and breakers of ``complete``."""
+        path, body = self.wire.count_request(request, self.spec.model)
+        return await self._whole(path, body, self.wire.count_reply)
 
     async def _whole(self, path: str, body: Any, parse: Callable[[bytes], T]) -> T:
         """POST a body for a whole answer and parse it, trying replicas in turn."""
@@ -265,17 +259,21 @@ class UpstreamBackend:
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         """Embeddings from the upstream, with the retries, replicas and breakers of ``complete``."""
-        build = openai_embed_request if self.spec.kind == "openai" else ollama_embed_request
+        build, parse = self.wire.embed_request, self.wire.embed_reply
+        if build is None or parse is None:
+            raise InvalidRequest(
+                f"model '{self.name}' cannot embed: its upstream ({self.spec.kind}) has no "
+                "embeddings API",
+                param="model",
+            )
         path, body = build(request, self.spec.model)
-        parse = openai_embed_reply if self.spec.kind == "openai" else ollama_embed_reply
         return await self._whole(path, body, parse)
 
     async def _send(
         self, replica: Replica, request: GenerationRequest, deadline: float, headers_by: float
     ) -> HttpResponse:
         """POST the request; the response once its headers are in and its status is 2xx."""
-        build = openai_request if self.spec.kind == "openai" else ollama_request
-        path, body = build(request, self.spec.model)
+        path, body = self.wire.request(request, self.spec.model)
         return await self._post(replica, path, body, deadline, headers_by)
 
     async def _post(
@@ -311,9 +309,7 @@ class UpstreamBackend:
                 raise Retryable(f"no answer within {total_s:g} s") from exc
 
     async def _attempt(self, replica: Replica, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        parse: Callable[[bytes], Chunk | None] = (
-            sse_data if self.spec.kind == "openai" else ollama_line
-        )
+        parse = self.wire.stream()  # this stream's parser (with its own state, for some kinds)
         t = self.spec.timeouts
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t.total_s
@@ -324,7 +320,8 @@ class UpstreamBackend:
                 yield chunk
 
 
-def _auth_headers(spec: UpstreamSpec) -> dict[str, str]:
-    """Authorization with the key from the environment variable the models file names."""
+def _headers(spec: UpstreamSpec, wire: Wire) -> dict[str, str]:
+    """The kind's headers, and the key from the environment variable the models file
+    names in the kind's auth header (Authorization: Bearer, or x-api-key)."""
     key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return {**wire.headers, **(wire.auth(key) if key else {})}

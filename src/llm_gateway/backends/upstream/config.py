@@ -25,7 +25,7 @@ class UpstreamSpec:
     """What the models file says about an upstream model."""
 
     kind: str
-    """The wire protocol it speaks: the backend kind (openai, ollama)."""
+    """The wire protocol it speaks: the backend kind (openai, ollama, anthropic; ``protocols``)."""
     urls: tuple[str, ...]
     model: str  # the upstream's name for it
     api_key_env: str | None = None

@@ -1,4 +1,5 @@
-"""Reading an upstream's answer: status errors, SSE and NDJSON lines, chunks.
+"""Reading an upstream's answer: status errors, body lines, chunks (SSE framing and
+the parsers of each kind are in ``protocols``).
 
 Everything unreadable is the upstream's error (``UpstreamStreamError``); a
 failure before the first byte that another try may fix is ``Retryable``.
@@ -13,13 +14,14 @@ from typing import TypeVar
 import orjson
 
 from llm_gateway.backends.upstream.http1 import HttpResponse
-from llm_gateway.backends.upstream.wire import UpstreamStreamError, openai_event
+from llm_gateway.backends.upstream.wire import UpstreamStreamError
 from llm_gateway.errors import InvalidRequest, UpstreamError
 from llm_gateway.types import Chunk, Usage
 
 _T = TypeVar("_T")
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# 529: Anthropic's "overloaded_error" (https://docs.anthropic.com/en/api/errors).
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 
 class Retryable(Exception):
@@ -83,6 +85,7 @@ async def merged(
         usage=usage or Usage(completion_tokens=pieces),
         tool_calls=finish.tool_calls,
         logprobs=finish.logprobs,
+        stop_sequence=finish.stop_sequence,
     )
 
 
@@ -104,15 +107,6 @@ async def lines(resp: HttpResponse, first_byte_s: float, deadline: float) -> Asy
             line = await resp.readline()
         except ValueError as exc:
             raise UpstreamStreamError(f"unreadable upstream stream: {exc}") from exc
-
-
-def sse_data(line: bytes) -> Chunk | None:
-    if not line.startswith(b"data:"):
-        return None  # comments, event names, ids
-    data = line[5:].strip()
-    if data == b"[DONE]":
-        return None
-    return openai_event(data)
 
 
 async def status_error(resp: HttpResponse) -> Exception:

@@ -40,6 +40,13 @@ def _finish(reason: Any) -> FinishReason:
     return _FINISH.get(str(reason), "stop")
 
 
+def _stop_string(choice: dict[str, Any]) -> str | None:
+    """The stop string that ended a choice: vLLM names it in ``stop_reason`` (an int
+    there is the id of a stop token, which is no caller's string)."""
+    matched = choice.get("stop_reason")
+    return matched if isinstance(matched, str) else None
+
+
 # ----------------------------------------------------------------------------- OpenAI
 
 
@@ -103,6 +110,8 @@ def openai_event(data: bytes) -> Chunk | None:
     delta = choice.get("delta")
     reason = choice.get("finish_reason")
     chunk = Chunk(text="", finish_reason=_finish(reason) if reason else None, usage=usage)
+    if reason == "stop":
+        chunk.stop_sequence = _stop_string(choice)
     if isinstance(delta, dict):
         chunk.text = delta.get("content") or ""
         chunk.tool_calls = openai_calls(delta.get("tool_calls"))
@@ -129,6 +138,8 @@ def openai_reply(data: bytes) -> Chunk:
         completion_tokens=int(u.get("completion_tokens") or 0),
     )
     chunk = Chunk(text=text or "", finish_reason=_finish(choice.get("finish_reason")), usage=usage)
+    if chunk.finish_reason == "stop":
+        chunk.stop_sequence = _stop_string(choice)
     if isinstance(message, dict):
         chunk.tool_calls = openai_calls(message.get("tool_calls"))
     _logprobs(chunk, choice.get("logprobs"))
