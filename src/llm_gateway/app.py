@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from llm_gateway import lifecycle
+from llm_gateway.api.anthropic import routes as anthropic
 from llm_gateway.api.manage import dashboard, health, keys, stats
 from llm_gateway.api.ollama import routes as ollama
 from llm_gateway.api.openai import routes as openai
@@ -40,16 +41,26 @@ ROUTES: tuple[BaseRoute, ...] = (
     *health.routes,
     *openai.routes,
     *responses.routes,
+    *anthropic.routes,
     *keys.routes,
     *stats.routes,
     *dashboard.routes,
     *ollama.routes,
 )
-FAST_ROUTES = {**openai.fast_routes, **responses.fast_routes, **ollama.fast_routes}
-ERROR_SHAPES = {**openai.error_shapes, **ollama.error_shapes}
-STREAM_KINDS = {**openai.stream_kinds, **responses.stream_kinds, **ollama.stream_kinds}
-"""What the WebSocket endpoint streams: protocol name (openai.chat, ...) -> its stream.
-A protocol package adds its own (anthropic.messages: api/anthropic's ``stream_kinds``)."""
+FAST_ROUTES = {
+    **openai.fast_routes,
+    **responses.fast_routes,
+    **anthropic.fast_routes,
+    **ollama.fast_routes,
+}
+ERROR_SHAPES = {**openai.error_shapes, **anthropic.error_shapes, **ollama.error_shapes}
+STREAM_KINDS = {
+    **openai.stream_kinds,
+    **responses.stream_kinds,
+    **anthropic.stream_kinds,
+    **ollama.stream_kinds,
+}
+"""What the WebSocket endpoint streams: protocol name (openai.chat, ...) -> its stream."""
 
 
 class GatewayApp(Starlette):

@@ -29,31 +29,45 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Iterator[dict[str, Any]]:
-    """{"base": the gateway's URL, "target": its gRPC host:port, "openai_cue"/"ollama_cue":
-    the doubles' cues}.
+    """{"base": the gateway's URL, "target": its gRPC host:port, "openai_cue"/"ollama_cue"/
+    "anthropic_cue": the doubles' cues}.
 
     Models: ``smollm2`` (the built-in model), ``minilm`` (embeddings only),
-    ``up-openai`` and ``up-ollama``."""
+    ``up-openai``, ``up-ollama`` and ``up-anthropic``."""
     tmp = tmp_path_factory.mktemp("stack")
     with ExitStack() as es:
         oa_url, oa_cue = es.enter_context(upstream("openai"))
         ol_url, ol_cue = es.enter_context(upstream("ollama"))
+        an_url, an_cue = es.enter_context(upstream("anthropic"))
         models = [
             {"name": "smollm2", "backend": "engine"},
             {"name": "minilm", "backend": "engine", "path": str(minilm)},
             {"name": "up-openai", "backend": "openai", "url": oa_url},
             {"name": "up-ollama", "backend": "ollama", "url": ol_url},
+            {
+                "name": "up-anthropic",
+                "backend": "anthropic",
+                "url": an_url,
+                "api_key_env": "UP_ANTHROPIC_KEY",
+            },
         ]
         config = tmp / "models.yaml"
         config.write_text(yaml.safe_dump({"models": models}))
         env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN_KEY, "LOG_LEVEL": "WARNING"}
+        env["UP_ANTHROPIC_KEY"] = "sk-ant-test-key"
         args = ["--config", str(config), "--data-dir", str(tmp), "--threads", "2"]
         grpc_port = free_port()
         args += ["--usage-flush-interval-s", "0.1", "--grpc-port", str(grpc_port)]
         proc, base = start_gateway(args, env)
         try:
             target = f"127.0.0.1:{grpc_port}"
-            yield {"base": base, "target": target, "openai_cue": oa_cue, "ollama_cue": ol_cue}
+            yield {
+                "base": base,
+                "target": target,
+                "openai_cue": oa_cue,
+                "ollama_cue": ol_cue,
+                "anthropic_cue": an_cue,
+            }
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -181,6 +181,34 @@ def test_openai_responses_stream_named_events(stack: dict[str, Any], model: str)
     assert events[-1]["data"]["response"]["usage"]["output_tokens"] > 0
 
 
+@pytest.mark.parametrize("model", ["smollm2", "up-ollama"])
+def test_anthropic_messages_stream_named_events(stack: dict[str, Any], model: str) -> None:
+    with session(stack) as ws:
+        request(ws, "m", "anthropic.messages", model=model, max_tokens=8, messages=user("up down"))
+        messages = until_end(ws, "m")
+    *events, end = messages
+    assert end["type"] == "done"
+    names = [m["event"] for m in events]
+    assert names[:2] == ["message_start", "content_block_start"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert all(m["data"]["type"] == m["event"] for m in events)
+    text = "".join(
+        m["data"]["delta"]["text"] for m in events if m["event"] == "content_block_delta"
+    )
+    assert text and events[-2]["data"]["usage"]["output_tokens"] > 0
+    if model == "up-ollama":
+        assert text == "up down"
+
+
+def test_an_anthropic_request_without_max_tokens_is_its_error(stack: dict[str, Any]) -> None:
+    with session(stack) as ws:
+        request(ws, "x", "anthropic.messages", model="smollm2", messages=user("hi"))
+        [error] = until_end(ws, "x")
+    assert error["type"] == "error" and error["status"] == 400
+    assert error["error"]["type"] == "error"
+    assert "max_tokens" in error["error"]["error"]["message"]
+
+
 def test_two_requests_stream_at_once_each_with_its_own_id(stack: dict[str, Any]) -> None:
     with slow(stack["openai_cue"], 0.05), session(stack) as ws:
         request(ws, "x", "openai.chat", model="up-openai", messages=user("a b c d e f"))

@@ -72,6 +72,10 @@ class RequestContext:
         """Admit the caller and embed (see ``InferenceService.embed``)."""
         return await self.state.service.embed(request, self.principal, self.record)
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt tokens of a request (see ``InferenceService.count_tokens``)."""
+        return await self.state.service.count_tokens(request, self.principal, self.record)
+
 
 @dataclass(frozen=True, slots=True)
 class Streaming:

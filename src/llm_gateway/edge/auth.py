@@ -1,10 +1,10 @@
-"""Authentication at the edge: the pure-ASGI middleware and the bearer token it reads.
+"""Authentication at the edge: the pure-ASGI middleware and the credential it reads.
 
 Every route needs credentials except the ALLOWLIST (and the paths the app
 adds to it: the dashboard page, /metrics unless GATEWAY_METRICS_AUTH). The
-caller goes on the request as ``scope["state"]["principal"]``. A WebSocket
-handshake is checked the same way (its ``Authorization: Bearer`` or
-``x-api-key`` header); one with neither goes on with the principal None, for
+caller goes on the request as ``scope["state"]["principal"]``. The credential
+is an ``Authorization: Bearer`` header or an ``x-api-key`` one. A WebSocket
+handshake is checked the same way; one with neither goes on with the principal None, for
 the endpoint to take credentials from a first message (``principal_for``).
 """
 
@@ -22,7 +22,7 @@ from llm_gateway.errors import GatewayError, NotReady, Unauthorized
 log = logging.getLogger(__name__)
 
 ALLOWLIST = frozenset({"/", "/health", "/ready", "/live"})
-MISSING = "missing credentials: send 'Authorization: Bearer <API key>'"
+MISSING = "missing credentials: send 'Authorization: Bearer <API key>' or 'x-api-key: <API key>'"
 
 
 def principal_of(scope: Any) -> Principal:
@@ -31,9 +31,10 @@ def principal_of(scope: Any) -> Principal:
     return principal
 
 
-def bearer_bytes(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
-    """The bearer token of a request as the header holds it, or None without an
-    Authorization header."""
+def credential(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """A request's bearer token, else its ``x-api-key`` header (Anthropic's clients
+    send that), as the header holds it; None with neither."""
+    api_key = None
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
@@ -41,18 +42,9 @@ def bearer_bytes(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
             if (scheme != b"Bearer" and scheme.lower() != b"bearer") or not token:
                 raise Unauthorized("Authorization header must be 'Bearer <key or token>'")
             return token
-    return None
-
-
-def websocket_credential(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
-    """A WebSocket handshake's bearer token, else its x-api-key header, else None."""
-    token = bearer_bytes(headers)
-    if token is not None:
-        return token
-    for name, value in headers:
         if name == b"x-api-key":
-            return value.strip() or None
-    return None
+            api_key = value.strip() or None
+    return api_key
 
 
 async def principal_for(
@@ -123,20 +115,20 @@ class AuthMiddleware:
         authenticator = self.authenticator()
         if authenticator is None:
             return None
-        token = bearer_bytes(scope["headers"])
+        token = credential(scope["headers"])
         return authenticator.cached(token) if token is not None else None
 
     async def _principal(self, scope: Any) -> Principal:
         if not self.enabled:
             return ANONYMOUS
-        return await principal_for(self.authenticator(), bearer_bytes(scope["headers"]))
+        return await principal_for(self.authenticator(), credential(scope["headers"]))
 
     async def _websocket(self, scope: Any, receive: Any, send: Any) -> None:
         """A WebSocket handshake: see the module docstring; bad credentials refuse it."""
         principal: Principal | None = ANONYMOUS
         if self.enabled:
             try:
-                token = websocket_credential(scope["headers"])
+                token = credential(scope["headers"])
                 if token is None:
                     principal = None
                 else:

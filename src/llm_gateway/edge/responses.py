@@ -161,5 +161,11 @@ def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def named_sse(kind: str, data: Any) -> bytes:
+    """An SSE event with a name: ``event: <kind>\ndata: <json>\n\n`` (the Responses
+    and Anthropic Messages streams)."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
 def ndjson(obj: Any) -> bytes:
     return orjson.dumps(obj) + b"\n"

@@ -12,8 +12,9 @@ from pydantic import TypeAdapter
 
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.responses import replies
-from llm_gateway.api.responses.events import EventWriter, sse_event
+from llm_gateway.api.responses.events import EventWriter
 from llm_gateway.api.responses.schemas import ResponsesRequest
+from llm_gateway.edge.responses import named_sse
 from llm_gateway.errors import UpstreamError
 from llm_gateway.types import Chunk, ToolCallDelta, Usage
 
@@ -84,7 +85,7 @@ def _text_then_call(w: EventWriter[bytes]) -> list[bytes]:
 
 
 def test_the_stream_has_the_spec_events_in_order() -> None:
-    events = _parse(_text_then_call(EventWriter(_ctx(tools=[TOOL]), sse_event)))
+    events = _parse(_text_then_call(EventWriter(_ctx(tools=[TOOL]), named_sse)))
     assert [e.type for e in events] == [
         "response.created",
         "response.in_progress",
@@ -113,7 +114,7 @@ def test_the_stream_has_the_spec_events_in_order() -> None:
 
 
 def test_whole_calls_and_a_second_call_each_get_an_item() -> None:
-    w = EventWriter(_ctx(tools=[TOOL]), sse_event)
+    w = EventWriter(_ctx(tools=[TOOL]), named_sse)
     calls = [ToolCallDelta(0, "call_a", "f", "{}"), ToolCallDelta(1, "call_b", "f", "{}")]
     stream = [*w.start(), *w.close(Chunk(text="", finish_reason="tool_calls", tool_calls=calls))]
     events = _parse([*stream, w.completed()])
@@ -126,7 +127,7 @@ def test_whole_calls_and_a_second_call_each_get_an_item() -> None:
 
 
 def test_an_empty_answer_is_still_a_message_and_length_ends_incomplete() -> None:
-    w = EventWriter(_ctx(max_output_tokens=1), sse_event)
+    w = EventWriter(_ctx(max_output_tokens=1), named_sse)
     events = _parse([*w.start(), *w.close(Chunk(text="", finish_reason="length")), w.completed()])
     assert events[-1].type == "response.incomplete"
     r = events[-1].response
@@ -136,7 +137,7 @@ def test_an_empty_answer_is_still_a_message_and_length_ends_incomplete() -> None
 
 
 def test_a_failure_after_the_first_byte_is_an_error_then_a_failed_response() -> None:
-    w = EventWriter(_ctx(), sse_event)
+    w = EventWriter(_ctx(), named_sse)
     stream = [*w.start(), *w.chunk(Chunk(text="par")), *w.fail(UpstreamError("upstream died"))]
     events = _parse(stream)
     assert [e.type for e in events[-2:]] == ["error", "response.failed"]

@@ -131,7 +131,7 @@ def test_embed_returns_one_vector_per_input(stub: Any) -> None:
 
 def test_list_models(stub: Any) -> None:
     models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), metadata=ADMIN).models}
-    assert set(models) == {"smollm2", "minilm", "up-openai", "up-ollama"}
+    assert set(models) == {"smollm2", "minilm", "up-openai", "up-ollama", "up-anthropic"}
     assert models["smollm2"].backend == "engine" and models["smollm2"].ready
     assert models["smollm2"].context_length > 0
     assert models["up-ollama"].backend == "ollama"
@@ -180,7 +180,7 @@ def test_bad_credentials_are_unauthenticated(stub: Any, metadata: Any) -> None:
 
 def test_x_api_key_is_accepted(stub: Any) -> None:
     reply = stub.ListModels(pb.ListModelsRequest(), metadata=(("x-api-key", ADMIN_KEY),))
-    assert len(reply.models) == 4  # the stack's models
+    assert len(reply.models) == 5  # the stack's models
 
 
 def test_unknown_model_is_not_found(stub: Any) -> None:

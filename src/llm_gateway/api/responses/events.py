@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-import orjson
-
 from llm_gateway.api.responses.replies import (
     ReplyContext,
     Status,
@@ -38,11 +36,6 @@ from llm_gateway.types import Chunk, ToolCallDelta
 T = TypeVar("T")
 
 
-def sse_event(kind: str, data: dict[str, Any]) -> bytes:
-    """An event as SSE: ``event: <type>\\ndata: <json>\\n\\n``."""
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
 def event_object(kind: str, data: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """An event as an object: (its type, its data)."""
     return kind, data
@@ -50,7 +43,7 @@ def event_object(kind: str, data: dict[str, Any]) -> tuple[str | None, dict[str,
 
 class EventWriter(Generic[T]):
     """One response's events in order, each as ``frame`` makes it from its type and data
-    (``sse_event``, ``event_object``); ``output`` holds its finished items."""
+    (``named_sse``, ``event_object``); ``output`` holds its finished items."""
 
     def __init__(self, ctx: ReplyContext, frame: Callable[[str, dict[str, Any]], T]) -> None:
         self.ctx = ctx

@@ -23,12 +23,12 @@ from starlette.routing import Route
 from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply, reraise
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.responses import convert, replies
-from llm_gateway.api.responses.events import EventWriter, event_object, sse_event
+from llm_gateway.api.responses.events import EventWriter, event_object
 from llm_gateway.api.responses.schemas import ResponsesRequest
 from llm_gateway.core.principal import Principal
 from llm_gateway.core.service import Generation
 from llm_gateway.edge.render import as_gateway_error
-from llm_gateway.edge.responses import EventStream, JSONResponse, read_body
+from llm_gateway.edge.responses import EventStream, JSONResponse, named_sse, read_body
 from llm_gateway.errors import BackendError, GatewayError, NotFound
 from llm_gateway.store.responses import ResponseStore
 from llm_gateway.types import Chunk, GenerationRequest
@@ -92,7 +92,7 @@ async def create_response(request: Request) -> Response | EventStream:
         return made[-1]
 
     def frames(gen: Generation) -> AsyncIterator[bytes]:
-        return _events(gen, EventWriter(out, sse_event), save, b"".join, EventWriter.fail)
+        return _events(gen, EventWriter(out, named_sse), save, b"".join, EventWriter.fail)
 
     answer = await reply(ctx, generation, whole, frames, SSE)
     if made:

@@ -1,0 +1,113 @@
+"""Anthropic Messages routes: decode, convert, run through the core service, answer
+with the message object or its event stream (events.py); count a request's tokens.
+
+Errors on these paths are Anthropic's (``error_shapes``); the caller's key comes as
+``x-api-key`` or ``Authorization: Bearer`` (the edge takes either).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Callable
+from typing import TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llm_gateway.api.anthropic import convert, replies
+from llm_gateway.api.anthropic.events import EventWriter
+from llm_gateway.api.anthropic.schemas import CountTokensRequest, MessagesRequest
+from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply, reraise
+from llm_gateway.api.decode import decode_body
+from llm_gateway.core.service import Generation
+from llm_gateway.edge.render import as_gateway_error
+from llm_gateway.edge.responses import EventStream, JSONResponse, named_sse, read_body
+from llm_gateway.errors import BackendError, GatewayError
+
+SSE = "text/event-stream"
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+async def create_message(request: Request) -> Response | EventStream:
+    ctx = RequestContext.of(request)
+    body = decode_body(await read_body(request), MessagesRequest)
+    out = replies.ReplyContext.of(body.model)
+    return await reply(
+        ctx,
+        convert.from_messages_request(body),
+        lambda text, final: replies.whole_message(out, text, final),
+        lambda gen: _events(gen, EventWriter(out, named_sse), b"".join, EventWriter.fail),
+        SSE,
+    )
+
+
+async def _events(
+    gen: Generation,
+    writer: EventWriter[T],
+    join: Callable[[list[T]], U],
+    fail: Callable[[EventWriter[T], GatewayError], list[T]],
+) -> AsyncGenerator[U]:
+    """The stream: one ``join`` of events per chunk; a failure is ``fail``'s events
+    (HTTP: an ``error`` event), or it raises."""
+    try:
+        yield join(writer.start())
+        async for chunk in gen:
+            if chunk.finish_reason is None:
+                yield join(writer.chunk(chunk))
+                continue
+            yield join(writer.close(chunk))
+            return
+        raise BackendError("the generation ended without finishing")
+    except Exception as exc:
+        yield join(fail(writer, as_gateway_error(exc)))
+    finally:
+        await gen.aclose()
+
+
+def _same(events: list[Event]) -> list[Event]:
+    return events
+
+
+def _raise(writer: EventWriter[Event], exc: GatewayError) -> list[Event]:
+    reraise(exc)
+
+
+def _event_object(kind: str, data: dict[str, object]) -> Event:
+    return kind, dict(data)
+
+
+async def _message_stream(ctx: RequestContext, raw: bytes) -> Streaming:
+    body = decode_body(raw, MessagesRequest)
+    out = replies.ReplyContext.of(body.model)
+
+    async def events(gen: Generation) -> AsyncGenerator[Event]:
+        steps = _events(gen, EventWriter(out, _event_object), _same, _raise)
+        async with contextlib.aclosing(steps):
+            async for step in steps:
+                for event in step:
+                    yield event
+
+    return Streaming(convert.from_messages_request(body), events)
+
+
+async def count_tokens(request: Request) -> Response:
+    ctx = RequestContext.of(request)
+    body = decode_body(await read_body(request), CountTokensRequest)
+    tokens = await ctx.count_tokens(convert.from_count_request(body))
+    return JSONResponse(replies.count_body(tokens))
+
+
+routes = [
+    Route("/v1/messages", create_message, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+]
+
+fast_routes = {("POST", "/v1/messages"): create_message}
+
+error_shapes = {"/v1/messages": replies.error_body}
+"""Anthropic's error body for /v1/messages and the paths under it."""
+
+stream_kinds = {"anthropic.messages": StreamKind("/v1/messages", _message_stream)}
+"""The stream of /v1/messages as event objects (api.websocket)."""
