@@ -253,3 +253,21 @@ def test_request_ids_and_peers() -> None:
     assert peer_host("ipv6:[::1]:5000") == "::1"
     assert peer_host("unix:/tmp/s") == "/tmp/s"
     assert peer_host(None) is None
+
+
+def test_chunks_gathered_into_one_message_keep_order_finish_and_usage() -> None:
+    from llm_gateway.api.rpc.convert import to_message
+    from llm_gateway.types import Chunk, ToolCallDelta, Usage
+
+    message = to_message(
+        [
+            Chunk(text="a"),
+            Chunk(text="b", tool_calls=[ToolCallDelta(0, "c1", "f", '{"x"')]),
+            Chunk(text="", tool_calls=[ToolCallDelta(0, arguments=": 1}")]),
+            Chunk(text="", finish_reason="tool_calls", usage=Usage(3, 2)),
+        ]
+    )
+    assert message.text == "ab" and message.model == ""
+    assert [(d.id, d.arguments) for d in message.tool_calls] == [("c1", '{"x"'), ("", ": 1}")]
+    assert message.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+    assert (message.usage.prompt_tokens, message.usage.completion_tokens) == (3, 2)

@@ -49,19 +49,21 @@ async def _events(
     join: Callable[[list[T]], U],
     fail: Callable[[EventWriter[T], GatewayError], list[T]],
 ) -> AsyncGenerator[U]:
-    """The stream: one ``join`` of events per chunk; a failure is ``fail``'s events
+    """The stream: one ``join`` of events per chunk (the opening events with the
+    first chunk's, so the first write carries text); a failure is ``fail``'s events
     (HTTP: an ``error`` event), or it raises."""
+    opening = writer.start()
     try:
-        yield join(writer.start())
         async for chunk in gen:
             if chunk.finish_reason is None:
-                yield join(writer.chunk(chunk))
+                yield join(opening + writer.chunk(chunk))
+                opening = []
                 continue
-            yield join(writer.close(chunk))
+            yield join(opening + writer.close(chunk))
             return
         raise BackendError("the generation ended without finishing")
     except Exception as exc:
-        yield join(fail(writer, as_gateway_error(exc)))
+        yield join(opening + fail(writer, as_gateway_error(exc)))
     finally:
         await gen.aclose()
 

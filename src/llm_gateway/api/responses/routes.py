@@ -110,20 +110,21 @@ async def _events(
     """The stream: one ``join`` of events per chunk, the response saved before the
     last event; a failure is ``fail``'s events (HTTP: an error event and
     ``response.failed``), or it raises."""
+    opening = writer.start()  # sent with the first chunk's events: text in the first write
     try:
-        yield join(writer.start())
         async for chunk in gen:
             if chunk.finish_reason is None:
-                yield join(writer.chunk(chunk))
+                yield join(opening + writer.chunk(chunk))
+                opening = []
                 continue
-            yield join(writer.close(chunk))
+            yield join(opening + writer.close(chunk))
             assert writer.final is not None
             await save(writer.final)
             yield join([writer.completed()])
             return
         raise BackendError("the generation ended without finishing")
     except Exception as exc:
-        yield join(fail(writer, as_gateway_error(exc)))
+        yield join(opening + fail(writer, as_gateway_error(exc)))
     finally:
         await gen.aclose()
 

@@ -252,6 +252,24 @@ def to_chunk(chunk: Chunk, model: str = "") -> pb.Chunk:
     return out
 
 
+def to_message(chunks: Sequence[Chunk], model: str = "") -> pb.Chunk:
+    """Several chunks in a row as one stream message: their text and tool-call pieces
+    in order, the finish and usage of the last that has them."""
+    if len(chunks) == 1:
+        return to_chunk(chunks[0], model)
+    out = pb.Chunk(text="".join(c.text for c in chunks), model=model)
+    for chunk in chunks:
+        if chunk.finish_reason is not None:
+            out.finish_reason = _FINISH[chunk.finish_reason]
+        if chunk.usage is not None:
+            out.usage.CopyFrom(_usage(chunk.usage))
+        for call in chunk.tool_calls or ():
+            out.tool_calls.add(
+                index=call.index, id=call.id or "", name=call.name or "", arguments=call.arguments
+            )
+    return out
+
+
 def to_embed_response(model: str, result: Embeddings) -> pb.EmbedResponse:
     return pb.EmbedResponse(
         model=model,
