@@ -20,6 +20,8 @@ from llm_gateway.api.anthropic import routes as anthropic
 from llm_gateway.api.manage import dashboard, health, keys, stats
 from llm_gateway.api.ollama import routes as ollama
 from llm_gateway.api.openai import routes as openai
+from llm_gateway.api.openai.batch import routes as batch
+from llm_gateway.api.openai.batch.runner import BatchRunner
 from llm_gateway.api.responses import routes as responses
 from llm_gateway.api.websocket import routes as websocket
 from llm_gateway.backends.upstream.config import HttpPool
@@ -40,6 +42,7 @@ from llm_gateway.usage.metrics import GatewayMetrics
 ROUTES: tuple[BaseRoute, ...] = (
     *health.routes,
     *openai.routes,
+    *batch.routes,
     *responses.routes,
     *anthropic.routes,
     *keys.routes,
@@ -89,7 +92,12 @@ def build_middleware(
     public = ALLOWLIST | dashboard.PUBLIC_PAGES | (set() if settings.metrics_auth else {"/metrics"})
     return [
         Middleware(UsageMiddleware, recorder=lambda: state.recorder),
-        Middleware(BodyLimit, max_bytes=settings.max_body_bytes, errors=errors),
+        Middleware(
+            BodyLimit,
+            max_bytes=settings.max_body_bytes,
+            errors=errors,
+            larger={"/v1/files": settings.max_file_bytes},
+        ),
         Middleware(
             AuthMiddleware,
             authenticator=lambda: state.authenticator,
@@ -106,7 +114,7 @@ def _route_namer(routes: Sequence[BaseRoute]) -> Callable[[str], str]:
     cache: dict[str, str] = {}
 
     def route_of(path: str) -> str:
-        if path.startswith(("grpc:", "ws:")):  # a gRPC method, a WebSocket request's kind
+        if path.startswith(("grpc:", "ws:", "batch:")):  # gRPC, WebSocket, batch lines
             return path
         name = cache.get(path)
         if name is None:
@@ -157,7 +165,7 @@ def create_app(settings: Settings) -> GatewayApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with lifecycle.run(state, pool), _grpc(state):
+        async with lifecycle.run(state, pool), _grpc(state), BatchRunner(state).running():
             yield
 
     app = GatewayApp(

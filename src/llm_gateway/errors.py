@@ -82,6 +82,13 @@ class ModelNotFound(NotFound):
         super().__init__(f"model '{model}' not found", param="model")
 
 
+class Conflict(GatewayError):
+    """The request does not fit the thing's state (cancelling a finished batch)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

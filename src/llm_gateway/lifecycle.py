@@ -23,7 +23,9 @@ from llm_gateway.core.registry import ModelEntry
 from llm_gateway.limits.base import RateLimiter
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
+from llm_gateway.store.batches import BatchStore
 from llm_gateway.store.database import create_engine, migrate, resolve_url
+from llm_gateway.store.files import FileStore
 from llm_gateway.store.responses import ResponseStore
 from llm_gateway.usage.columns import UsageColumns
 from llm_gateway.usage.export import delete_usage_before
@@ -41,6 +43,8 @@ async def open_store(state: GatewayState) -> None:
     await migrate(state.database)
     state.key_store = KeyStore(state.database)
     state.responses = ResponseStore(state.database, settings.responses_retention_s)
+    state.files = FileStore(state.database, settings.data_dir / "files")
+    state.batches = BatchStore(state.database)
     created = await ensure_admin_key(state.key_store, settings.admin_key)
     if created is not None:
         # Shown once: only its hash is stored.

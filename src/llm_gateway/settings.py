@@ -158,6 +158,18 @@ class Settings(BaseSettings):
         description="Stored OpenAI Responses (store: true) are kept this many seconds, "
         "then purged (checked hourly).",
     )
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024,
+        ge=1024,
+        description="Largest file accepted by POST /v1/files (bytes; the Batch API's input); "
+        "413 above.",
+    )
+    batch_concurrency: int = Field(
+        4,
+        ge=1,
+        description="Requests of batches run at once (all batches together); each waits "
+        "while interactive requests are queued for the same engine model.",
+    )
 
     # --- models -----------------------------------------------------------
     model_path: Path | None = Field(

@@ -7,6 +7,7 @@ module global.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
     from llm_gateway.auth.authenticator import Authenticator
     from llm_gateway.auth.keys import KeyStore
+    from llm_gateway.store.batches import BatchStore
+    from llm_gateway.store.files import FileStore
     from llm_gateway.store.responses import ResponseStore
     from llm_gateway.usage.metrics import GatewayMetrics
     from llm_gateway.usage.recorder import UsageRecorder
@@ -44,6 +47,10 @@ class GatewayState:
     recorder: UsageRecorder | None = None
     stats: UsageStats | None = None
     responses: ResponseStore | None = None  # stored OpenAI Responses (api/responses)
+    files: FileStore | None = None  # uploaded files (api/openai/batch)
+    batches: BatchStore | None = None  # the Batch API's batches (api/openai/batch)
+    wake_batches: Callable[[], None] = lambda: None
+    """Tells the batch runner (app.py's lifespan) a batch was created or cancelled."""
     metrics: GatewayMetrics = field(init=False)
 
     @property

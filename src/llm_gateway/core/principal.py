@@ -24,6 +24,12 @@ class Principal:
     """Overrides for single models, by model name or alias (lower case)."""
 
     @property
+    def owner(self) -> str:
+        """Whose the things it stores are (responses, files, batches): the API key's id,
+        else (a JWT, auth off) the user."""
+        return f"key:{self.key_id}" if self.key_id else f"user:{self.user}"
+
+    @property
     def is_admin(self) -> bool:
         return "admin" in self.scopes
 

@@ -66,3 +66,37 @@ responses = sa.Table(
     sa.Column("body", sa.Text, nullable=False),  # JSON: the response object
     sa.Index("ix_responses_expires_at", "expires_at"),
 )
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # file-...
+    sa.Column("owner", sa.String(240), nullable=False),  # as responses.owner
+    sa.Column("purpose", sa.String(32), nullable=False),  # batch, batch_output
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_files_owner", "owner", "created_at"),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # batch_...
+    sa.Column("owner", sa.String(240), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("caller", sa.Text, nullable=False),  # JSON: who runs it (store.batches)
+    sa.Column("body", sa.Text, nullable=False),  # JSON: the batch object, counts aside
+    sa.Index("ix_batches_owner", "owner", "created_at"),
+    sa.Index("ix_batches_status", "status"),
+)
+
+batch_lines = sa.Table(
+    "batch_lines",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True),  # 0-based line of the input file
+    sa.Column("ok", sa.Boolean, nullable=False),  # output file (2xx) or error file
+    sa.Column("body", sa.Text, nullable=False),  # the output line, JSON
+)

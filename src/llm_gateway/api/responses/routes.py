@@ -25,7 +25,6 @@ from llm_gateway.api.decode import decode_body
 from llm_gateway.api.responses import convert, replies
 from llm_gateway.api.responses.events import EventWriter, event_object
 from llm_gateway.api.responses.schemas import ResponsesRequest
-from llm_gateway.core.principal import Principal
 from llm_gateway.core.service import Generation
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, named_sse, read_body
@@ -37,11 +36,6 @@ SSE = "text/event-stream"
 Save = Callable[[dict[str, Any]], Awaitable[None]]
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-def owner_of(principal: Principal) -> str:
-    """Whose a stored response is: the API key's id, else (a JWT, auth off) the user."""
-    return f"key:{principal.key_id}" if principal.key_id else f"user:{principal.user}"
 
 
 def _store(ctx: RequestContext) -> ResponseStore:
@@ -69,7 +63,7 @@ async def _prepare(
 ) -> tuple[GenerationRequest, replies.ReplyContext, Save]:
     """What to generate (after the previous response's context, if any), the reply's
     context, and how to keep the response (unless ``store`` is false)."""
-    store, owner = _store(ctx), owner_of(ctx.principal)
+    store, owner = _store(ctx), ctx.principal.owner
     earlier = await _earlier(store, owner, body.previous_response_id)
     generation = convert.from_responses_request(body, convert.stored_items(earlier))
     context = [*earlier, *msgspec.to_builtins(convert.input_items(body))]
@@ -153,7 +147,7 @@ async def _response_stream(ctx: RequestContext, raw: bytes) -> Streaming:
 async def get_response(request: Request) -> Response:
     ctx = RequestContext.of(request)
     response_id = request.path_params["response_id"]
-    stored = await _store(ctx).get(owner_of(ctx.principal), response_id)
+    stored = await _store(ctx).get(ctx.principal.owner, response_id)
     if stored is None:
         raise _unknown(response_id, "response_id")
     return JSONResponse(stored.body)
@@ -162,7 +156,7 @@ async def get_response(request: Request) -> Response:
 async def delete_response(request: Request) -> Response:
     ctx = RequestContext.of(request)
     response_id = request.path_params["response_id"]
-    if not await _store(ctx).delete(owner_of(ctx.principal), response_id):
+    if not await _store(ctx).delete(ctx.principal.owner, response_id):
         raise _unknown(response_id, "response_id")
     return JSONResponse(replies.deleted_body(response_id))
 

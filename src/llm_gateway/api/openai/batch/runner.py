@@ -1,0 +1,227 @@
+"""The batch runner: one task in the gateway that works off every unfinished batch.
+
+Batches run oldest first. A batch is *validating* until its input file is read
+and checked (a bad file makes it *failed*, with the lines' errors), then
+*in_progress*: its lines that have no result yet run, at most
+``GATEWAY_BATCH_CONCURRENCY`` at a time over all batches, each as its HTTP route
+would answer it, and each result is stored as it comes (store.batches). A line
+refused with "later" (429, 503) waits and is tried again, up to ``TRIES`` times.
+Batch lines give way to interactive requests: a line waits to start while
+requests are queued for a sequence of the same engine model. Then the batch is
+*finalizing*: the output and error files are written, and it is *completed* (or
+*cancelled*, after a cancel, or *expired*, past its completion window, with
+the lines done so far). The runner starts with the app and carries on with the
+batches an earlier run left, whatever stopped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from llm_gateway.api.openai.batch.lines import Line, parse_lines, run_line
+from llm_gateway.core.principal import Principal
+from llm_gateway.errors import GatewayError, ModelNotFound
+from llm_gateway.state import GatewayState
+from llm_gateway.store.batches import BatchStore
+from llm_gateway.store.files import FileStore
+
+log = logging.getLogger(__name__)
+
+TRIES = 6
+RETRY_S = 0.5  # then doubling
+GIVE_WAY_S = 0.02
+IDLE_POLL_S = 5.0  # batches another replica created, or a cancel it took
+
+
+def caller_of(principal: Principal) -> dict[str, Any]:
+    """Who a batch runs as, stored with it."""
+    return {
+        "user": principal.user,
+        "scopes": sorted(principal.scopes),
+        "key_id": principal.key_id,
+        "allowed_models": list(principal.allowed_models)
+        if principal.allowed_models is not None
+        else None,
+    }
+
+
+def principal_of(caller: dict[str, Any]) -> Principal:
+    allowed = caller.get("allowed_models")
+    return Principal(
+        user=caller["user"],
+        scopes=frozenset(caller["scopes"]),
+        key_id=caller.get("key_id"),
+        allowed_models=tuple(allowed) if allowed is not None else None,
+    )
+
+
+class BatchRunner:
+    """See the module docstring; ``running()`` is its lifetime."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self.slots = asyncio.Semaphore(state.settings.batch_concurrency)
+        self._wake = asyncio.Event()
+
+    @property
+    def store(self) -> BatchStore:
+        assert self.state.batches is not None
+        return self.state.batches
+
+    @property
+    def files(self) -> FileStore:
+        assert self.state.files is not None
+        return self.state.files
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._loop())
+        self.state.wake_batches = self.wake
+        try:
+            yield
+        finally:
+            self.state.wake_batches = lambda: None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                for body, caller in await self.store.unfinished():
+                    await self._run(body, principal_of(caller))
+            except Exception:
+                log.exception("the batch runner failed; it goes on in %g s", IDLE_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+
+    async def _run(self, body: dict[str, Any], who: Principal) -> None:
+        """Take the batch on from its stored status to its end."""
+        if body["status"] == "validating" and await self._validate(body) is None:
+            return
+        if body["status"] == "in_progress" and time.time() <= body["expires_at"]:
+            await self._run_lines(body, who, await self._read(body))
+        if time.time() > body["expires_at"] and body["status"] != "finalizing":
+            await self._finish(body, "expired")
+        elif await self.store.status(body["id"]) == "cancelling":
+            await self._finish(body, "cancelled")
+        else:
+            await self._finish(body, "completed")
+
+    async def _read(self, body: dict[str, Any]) -> list[Line]:
+        data = await asyncio.to_thread(self.files.path(body["input_file_id"]).read_bytes)
+        return parse_lines(data, body["endpoint"])[0]
+
+    async def _validate(self, body: dict[str, Any]) -> list[Line] | None:
+        """The input's lines, the batch now in_progress; None: it failed."""
+        try:
+            data = await asyncio.to_thread(self.files.path(body["input_file_id"]).read_bytes)
+        except FileNotFoundError:
+            lines, errors = [], [{"code": "file_not_found", "message": "the input file is gone"}]
+        else:
+            parsed, problems = parse_lines(data, body["endpoint"])
+            lines, errors = parsed, [e.as_json() for e in problems]
+        now = int(time.time())
+        if errors:
+            body.update(status="failed", failed_at=now, errors={"object": "list", "data": errors})
+            await self.store.update(body, only_from=("validating",))
+            return None
+        body["request_counts"]["total"] = len(lines)
+        body.update(status="in_progress", in_progress_at=now)
+        if not await self.store.update(body, only_from=("validating",)):
+            return None  # cancelled meanwhile: the next pass finishes it
+        return lines
+
+    async def _run_lines(self, body: dict[str, Any], who: Principal, lines: list[Line]) -> None:
+        done = await self.store.done_lines(body["id"])
+        tasks: set[asyncio.Task[None]] = set()
+        checked = time.monotonic()
+        try:
+            for line in lines:
+                if line.index in done:
+                    continue
+                await self.slots.acquire()
+                if time.monotonic() - checked > 0.5:  # a cancel, the window's end
+                    checked = time.monotonic()
+                    if not await self._still_running(body):
+                        self.slots.release()
+                        break
+                await self._give_way(line)
+                task = asyncio.create_task(self._line(body, who, line))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _still_running(self, body: dict[str, Any]) -> bool:
+        """Neither cancelled nor past its completion window."""
+        if time.time() > body["expires_at"]:
+            return False
+        return await self.store.status(body["id"]) == "in_progress"
+
+    async def _give_way(self, line: Line) -> None:
+        """Wait while interactive requests are queued for the line's engine model."""
+        entry = self._entry(line)
+        while entry is not None and entry.backend.health().get("queued", 0) > 0:  # noqa: ASYNC110 (a poll of the engine's queue, which signals nothing)
+            await asyncio.sleep(GIVE_WAY_S)
+
+    def _entry(self, line: Line) -> Any:
+        model = orjson.loads(line.body).get("model")
+        try:
+            return self.state.registry.resolve(model) if isinstance(model, str) else None
+        except ModelNotFound:
+            return None
+
+    async def _line(self, body: dict[str, Any], who: Principal, line: Line) -> None:
+        try:
+            for attempt in range(TRIES):
+                try:
+                    ok, out = await run_line(
+                        self.state, who, body["endpoint"], line, last_try=attempt + 1 == TRIES
+                    )
+                except GatewayError:  # retryable: run_line raises nothing else
+                    await asyncio.sleep(RETRY_S * 2**attempt)
+                    continue
+                await self.store.add_line(body["id"], line.index, ok, out)
+                return
+        finally:
+            self.slots.release()
+
+    async def _finish(self, body: dict[str, Any], status: str) -> None:
+        """Write the output and error files, then end the batch as ``status``."""
+        if status == "completed" and body["status"] != "finalizing":
+            body.update(status="finalizing", finalizing_at=int(time.time()))
+            await self.store.update(body)
+        owner = await self._owner(body)
+        for ok, key, name in (
+            (True, "output_file_id", "output"),
+            (False, "error_file_id", "error"),
+        ):
+            results = await self.store.results(body["id"], ok)
+            if results:
+                made = await self.files.create(
+                    owner, "batch_output", f"{body['id']}_{name}.jsonl", b"\n".join(results) + b"\n"
+                )
+                body[key] = made["id"]
+        at = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at"}
+        body.update({"status": status, at[status]: int(time.time())})
+        await self.store.update(body)
+        log.info("batch %s %s", body["id"], status)
+
+    async def _owner(self, body: dict[str, Any]) -> str:
+        owner = await self.store.owner(body["id"])
+        assert owner is not None
+        return owner
