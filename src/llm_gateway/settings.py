@@ -8,6 +8,7 @@ command line, which overrides the environment. Nothing here does I/O at import.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -164,6 +165,19 @@ class Settings(BaseSettings):
         description="Largest file accepted by POST /v1/files (bytes; the Batch API's input); "
         "413 above.",
     )
+    model_memory_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Memory the in-process models may hold together (their files' sizes); "
+        "unset: three quarters of the machine's RAM. Loading one over it unloads idle "
+        "models, least recently used first.",
+    )
+    model_load_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a model's load waits for busy models to free the memory "
+        "budget before the request gets 503.",
+    )
     batch_concurrency: int = Field(
         4,
         ge=1,
@@ -221,3 +235,27 @@ class Settings(BaseSettings):
 
     def resolved_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def default_model_memory() -> int:
+    """Three quarters of the machine's physical memory."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
+
+
+def duration_s(value: str | float) -> float:
+    """A duration as Ollama writes keep_alive: seconds as a number, or "300ms", "10s",
+    "5m", "1h", "1h30m" (a negative one: forever); raises ValueError naming it."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"'{value}' is not a duration such as 300, '10s', '5m' or '1h'")
+    return sum(float(n) * _UNITS[u] for n, u in parts)

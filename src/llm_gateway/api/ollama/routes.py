@@ -25,6 +25,7 @@ from llm_gateway.api.ollama.schemas import (
     ShowRequest,
 )
 from llm_gateway.core.registry import ModelEntry
+from llm_gateway.core.residency import Resident
 from llm_gateway.core.service import Generation, merge_tool_calls
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, ndjson, read_body
@@ -41,9 +42,10 @@ T = TypeVar("T")
 async def generate(request: Request) -> Response | EventStream:
     ctx = RequestContext.of(request)
     body = decode_body(await read_body(request), GenerateRequest)
-    if not body.prompt and not body.raw:
-        ctx.registry.resolve(body.model)  # 404 for an unknown model, as Ollama does
-        return JSONResponse(convert.load_reply(body.model, chat=False))
+    if not body.prompt and not body.raw:  # load (or with keep_alive 0 unload) the model
+        keep = convert.keep_alive_of(body.keep_alive)
+        unloaded = await ctx.state.service.load(body.model, ctx.principal, keep)
+        return JSONResponse(convert.load_reply(body.model, chat=False, unloaded=unloaded))
     req = convert.from_generate_request(body)
     return await _reply(ctx, req, body.model, convert.generate_chunk, convert.generate_final)
 
@@ -52,8 +54,9 @@ async def chat(request: Request) -> Response | EventStream:
     ctx = RequestContext.of(request)
     body = decode_body(await read_body(request), ChatRequest)
     if not body.messages:
-        ctx.registry.resolve(body.model)
-        return JSONResponse(convert.load_reply(body.model, chat=True))
+        keep = convert.keep_alive_of(body.keep_alive)
+        unloaded = await ctx.state.service.load(body.model, ctx.principal, keep)
+        return JSONResponse(convert.load_reply(body.model, chat=True, unloaded=unloaded))
     req = convert.from_chat_request(body)
     return await _reply(ctx, req, body.model, convert.chat_chunk, convert.chat_final)
 
@@ -168,17 +171,22 @@ async def ps(request: Request) -> Response:
     registry = RequestContext.of(request).registry
     models = []
     for e in registry:
-        if not e.backend.ready:
+        backend = e.backend
+        if isinstance(backend, Resident) and not backend.loaded():
+            continue  # an in-process model that is not loaded now
+        if not backend.ready:
             continue
-        body = convert.tag_body(e.name, _modified(e), e.backend.details())
-        # Models stay resident for the gateway's life; keep_alive does not unload them.
+        body = convert.tag_body(e.name, _modified(e), backend.details())
+        expires = backend.expires_at if isinstance(backend, Resident) else None
         body.update(
             {
-                "expires_at": "9999-12-31T23:59:59Z",
+                "expires_at": convert.rfc3339(expires) if expires else "9999-12-31T23:59:59Z",
                 "size_vram": 0,
-                "context_length": e.backend.details().context_length,
+                "context_length": backend.details().context_length,
             }
         )
+        if isinstance(backend, Resident):
+            body["size"] = backend.size
         del body["modified_at"]
         models.append(body)
     return JSONResponse({"models": models})
