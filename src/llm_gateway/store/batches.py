@@ -92,6 +92,13 @@ class BatchStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).scalar()
 
+    async def stored(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch object as stored (what the routes wrote: a cancel's time)."""
+        query = sa.select(batches.c.body).where(batches.c.id == batch_id)
+        async with self.engine.connect() as conn:
+            raw = (await conn.execute(query)).scalar()
+        return orjson.loads(raw) if raw is not None else None
+
     async def update(self, body: dict[str, Any], only_from: tuple[str, ...] | None = None) -> bool:
         """Write the batch object (its status with it); with ``only_from``, only while
         the stored status is one of those. False when nothing was written."""

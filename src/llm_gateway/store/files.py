@@ -86,16 +86,18 @@ class FileStore:
         return file_object(row._mapping) if row is not None else None
 
     async def page(
-        self, owner: str, purpose: str | None, limit: int, after: str | None
+        self, owner: str, purpose: str | None, limit: int, after: str | None, newest: bool = True
     ) -> list[dict[str, Any]]:
-        """The owner's files, newest first; ``after`` a file id: those older than it."""
+        """The owner's files, newest first (or oldest); ``after`` a file id: those
+        after it in that order."""
         query = sa.select(files).where(files.c.owner == owner)
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
         if after is not None:
-            older = sa.select(files.c.created_at).where(files.c.id == after).scalar_subquery()
-            query = query.where(files.c.created_at < older)
-        query = query.order_by(files.c.created_at.desc()).limit(limit)
+            at = sa.select(files.c.created_at).where(files.c.id == after).scalar_subquery()
+            query = query.where(files.c.created_at < at if newest else files.c.created_at > at)
+        order = files.c.created_at.desc() if newest else files.c.created_at.asc()
+        query = query.order_by(order).limit(limit)
         async with self.engine.connect() as conn:
             return [file_object(r._mapping) for r in (await conn.execute(query)).all()]
 

@@ -17,7 +17,8 @@ def _line(custom_id: str, **over: object) -> bytes:
 def test_good_lines_keep_their_order_and_bodies() -> None:
     data = b"\n".join([_line("a"), b"", _line("b")]) + b"\n"
     lines, errors = parse_lines(data, CHAT)
-    assert errors == [] and [(x.index, x.custom_id) for x in lines] == [(0, "a"), (1, "b")]
+    # Lines are the file's: the blank one counts.
+    assert errors == [] and [(x.index, x.custom_id) for x in lines] == [(0, "a"), (2, "b")]
     assert json.loads(lines[1].body) == {"model": "m"}
 
 

@@ -36,7 +36,7 @@ MAX_LINES = 50_000
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    index: int
+    index: int  # 0-based line of the input file (blank lines count): its result's key
     custom_id: str
     body: bytes  # the request body, JSON
 
@@ -83,12 +83,12 @@ def parse_lines(data: bytes, endpoint: str) -> tuple[list[Line], list[LineError]
     lines: list[Line] = []
     errors: list[LineError] = []
     seen: set[str] = set()
-    raws = [r for r in data.split(b"\n") if r.strip()]
+    raws = [(n, r) for n, r in enumerate(data.split(b"\n")) if r.strip()]  # n: the file's line
     if not raws:
         errors.append(LineError(1, "empty_file", "the input file has no requests"))
     if len(raws) > MAX_LINES:
         errors.append(LineError(MAX_LINES + 1, "too_many_requests", f"at most {MAX_LINES} lines"))
-    for n, raw in enumerate(raws[:MAX_LINES]):
+    for n, raw in raws[:MAX_LINES]:
         checked = _check(n, raw, endpoint, seen)
         if isinstance(checked, Line):
             lines.append(checked)

@@ -92,7 +92,10 @@ async def list_files(request: Request) -> Response:
     ctx = RequestContext.of(request)
     limit, after = _page(request)
     purpose = request.query_params.get("purpose")
-    data = await _files(ctx).page(ctx.principal.owner, purpose, limit + 1, after)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be 'asc' or 'desc'", param="order")
+    data = await _files(ctx).page(ctx.principal.owner, purpose, limit + 1, after, order == "desc")
     return JSONResponse(_listing(data, limit))
 
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -62,6 +62,15 @@ def principal_of(caller: dict[str, Any]) -> Principal:
     )
 
 
+def _forget(running: dict[str, asyncio.Task[None]], batch_id: str) -> Callable[[object], None]:
+    """A done callback that drops a finished batch's task."""
+
+    def forget(_: object) -> None:
+        running.pop(batch_id, None)
+
+    return forget
+
+
 class BatchRunner:
     """See the module docstring; ``running()`` is its lifetime."""
 
@@ -95,15 +104,33 @@ class BatchRunner:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                for body, caller in await self.store.unfinished():
-                    await self._run(body, principal_of(caller))
-            except Exception:
-                log.exception("the batch runner failed; it goes on in %g s", IDLE_POLL_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+        """A task per unfinished batch, all sharing the slots: a new batch is checked
+        and started while others run."""
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    for body, caller in await self.store.unfinished():
+                        batch_id = body["id"]
+                        if batch_id not in running:
+                            task = asyncio.create_task(self._guarded(body, principal_of(caller)))
+                            running[batch_id] = task
+                            task.add_done_callback(_forget(running, batch_id))
+                except Exception:
+                    log.exception("the batch runner failed; it goes on in %g s", IDLE_POLL_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _guarded(self, body: dict[str, Any], who: Principal) -> None:
+        try:
+            await self._run(body, who)
+        except Exception:
+            log.exception("batch %s failed in the runner; it is taken on again", body["id"])
 
     async def _run(self, body: dict[str, Any], who: Principal) -> None:
         """Take the batch on from its stored status to its end."""
@@ -202,9 +229,14 @@ class BatchRunner:
 
     async def _finish(self, body: dict[str, Any], status: str) -> None:
         """Write the output and error files, then end the batch as ``status``."""
+        stored = await self.store.stored(body["id"])
+        if stored is not None:  # the cancel route's time, written while this ran
+            body["cancelling_at"] = stored.get("cancelling_at")
         if status == "completed" and body["status"] != "finalizing":
             body.update(status="finalizing", finalizing_at=int(time.time()))
-            await self.store.update(body)
+            if not await self.store.update(body, only_from=("in_progress",)):
+                status = "cancelled"  # a cancel came in after the last line
+                body.update(status="cancelling", finalizing_at=None)
         owner = await self._owner(body)
         for ok, key, name in (
             (True, "output_file_id", "output"),
