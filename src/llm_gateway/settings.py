@@ -178,12 +178,16 @@ class Settings(BaseSettings):
         description="How long a model's load waits for busy models to free the memory "
         "budget before the request gets 503.",
     )
-    batch_concurrency: int = Field(
-        4,
+    batch_concurrency: int | None = Field(
+        None,
         ge=1,
-        description="Requests of batches run at once (all batches together); each waits "
-        "while interactive requests are queued for the same engine model.",
+        description="Requests of batches run at once (all batches together); unset: one "
+        "fewer than max_sequences, so an interactive request always finds a sequence. "
+        "Each waits while interactive requests are queued for the same engine model.",
     )
+
+    def resolved_batch_concurrency(self) -> int:
+        return self.batch_concurrency or max(1, self.max_sequences - 1)
 
     # --- models -----------------------------------------------------------
     model_path: Path | None = Field(

@@ -92,6 +92,7 @@ class GenerationRequest:
     top_logprobs: int = 0
     echo: bool = False  # completions: the prompt, and its tokens' logprobs, come first
     keep_alive_s: float | None = None  # Ollama's keep_alive: how long the model stays loaded
+    background: bool = False  # a batch line: gives way to interactive requests in the engine
     stream: bool = True
     """Whether the client reads the answer as a stream (upstreams are asked the same way)."""
 

@@ -334,6 +334,7 @@ class EngineBackend:
             temperature=1.0 if s.temperature is None else s.temperature,
             score_prompt=request.echo and request.logprobs,
             echo=request.prompt or "" if request.echo else "",
+            background=request.background,
         )
 
     async def count_tokens(self, request: GenerationRequest) -> int:

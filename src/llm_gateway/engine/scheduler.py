@@ -23,7 +23,7 @@ from collections import deque
 
 from llm_gateway.engine.embedder import SHARE as EMBED_SHARE
 from llm_gateway.engine.embedder import Embedder
-from llm_gateway.engine.job import Job, SchedulerConfig, close_sampler, common_prefix
+from llm_gateway.engine.job import Job, SchedulerConfig, close_sampler, common_prefix, fill_batch
 from llm_gateway.engine.llama import Batch, Context, LlamaError, Model
 from llm_gateway.engine.logprobs import score_prompt, scored, token_logprob
 from llm_gateway.engine.outbox import Outbox
@@ -170,7 +170,7 @@ class Scheduler:
 
     def _chat_step(self) -> None:
         before = [job.n_cached for job in self._active]
-        self._fill_batch()
+        fill_batch(self._batch, self._active)
         try:
             self.ctx.decode(self._batch)
         except LlamaError:
@@ -291,36 +291,6 @@ class Scheduler:
             if reuse:
                 self.ctx.share(source, seq, reuse)
         return seq, reuse
-
-    def _fill_batch(self) -> None:
-        """Tokens not yet in the cache: one pending means decode, more means prefill.
-
-        Prefill stops one token short: the last prompt token is decoded like a
-        generated one, against a cache that holds exactly the tokens before it.
-        A repeated request whose prompt is found in the cache then computes the
-        same logits as the first time (batch shapes change llama.cpp's
-        arithmetic), so greedy output stays reproducible with prefix reuse.
-        """
-        batch = self._batch
-        batch.clear()
-        for job in self._active:
-            job.logits_at = -1
-            if len(job.tokens) - job.n_cached == 1:
-                job.logits_at = batch.add(job.tokens[-1], job.n_cached, job.seq, True)
-                job.n_cached += 1
-        budget = batch.capacity - batch.size
-        for job in self._active:
-            end = min(len(job.tokens) - 1, job.n_cached + budget)
-            if end <= job.n_cached:
-                continue
-            if job.score_prompt:
-                for pos in range(job.n_cached, end):
-                    job.prefill_at.append((batch.add(job.tokens[pos], pos, job.seq, True), pos))
-            else:
-                for pos in range(job.n_cached, end):
-                    batch.add(job.tokens[pos], pos, job.seq, False)
-            budget -= end - job.n_cached
-            job.n_cached = end
 
     def _sample(self, job: Job, now: int) -> None:
         assert job.smpl is not None and job.text is not None

@@ -109,7 +109,7 @@ async def _chat(
 ) -> dict[str, Any]:
     body = decode_body(raw, ChatCompletionRequest)
     request = convert.from_chat_request(body)
-    request.stream = False
+    request.stream, request.background = False, True
     text, final = await (await state.service.open(request, who, record)).collect()
     return replies.chat_response(_ctx("chatcmpl", body.model), text, final)
 
@@ -119,7 +119,7 @@ async def _completion(
 ) -> dict[str, Any]:
     body = decode_body(raw, CompletionRequest)
     request = convert.from_completion_request(body)
-    request.stream = False
+    request.stream, request.background = False, True
     text, final = await (await state.service.open(request, who, record)).collect()
     return replies.completion_response(_ctx("cmpl", body.model), text, final)
 

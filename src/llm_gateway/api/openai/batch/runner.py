@@ -76,7 +76,7 @@ class BatchRunner:
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
-        self.slots = asyncio.Semaphore(state.settings.batch_concurrency)
+        self.slots = asyncio.Semaphore(state.settings.resolved_batch_concurrency())
         self._wake = asyncio.Event()
 
     @property
