@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from llm_gateway import lifecycle
 from llm_gateway.api.anthropic import routes as anthropic
 from llm_gateway.api.manage import dashboard, health, keys, stats
+from llm_gateway.api.ollama import library as ollama_library
 from llm_gateway.api.ollama import routes as ollama
 from llm_gateway.api.openai import routes as openai
 from llm_gateway.api.openai.batch import routes as batch
@@ -26,6 +27,7 @@ from llm_gateway.api.responses import routes as responses
 from llm_gateway.api.websocket import routes as websocket
 from llm_gateway.backends.upstream.config import HttpPool
 from llm_gateway.core.admission import Admissions
+from llm_gateway.core.library import ModelLibrary
 from llm_gateway.core.registry import build_registry
 from llm_gateway.core.service import InferenceService
 from llm_gateway.edge.auth import ALLOWLIST, AuthMiddleware
@@ -49,6 +51,7 @@ ROUTES: tuple[BaseRoute, ...] = (
     *stats.routes,
     *dashboard.routes,
     *ollama.routes,
+    *ollama_library.routes,
 )
 FAST_ROUTES = {
     **openai.fast_routes,
@@ -139,7 +142,8 @@ def build_state(settings: Settings, pool: HttpPool) -> GatewayState:
         concurrent=settings.concurrent_requests,
     )
     service = InferenceService(registry, Admissions(defaults, settings.default_max_tokens))
-    state = GatewayState(settings=settings, registry=registry, service=service)
+    library = ModelLibrary(settings, registry)  # its models join the registry
+    state = GatewayState(settings=settings, registry=registry, service=service, library=library)
     state.metrics = GatewayMetrics(
         lambda: ((e.name, e.backend.health()) for e in registry),
         _route_namer(ROUTES),

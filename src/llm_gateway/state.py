@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
+from llm_gateway.core.library import ModelLibrary
 from llm_gateway.core.registry import Registry
 from llm_gateway.core.service import InferenceService
 from llm_gateway.settings import Settings
@@ -37,6 +38,7 @@ class GatewayState:
     settings: Settings
     registry: Registry
     service: InferenceService
+    library: ModelLibrary | None = None  # models made with Ollama's /api/create
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     jwt_secret: str = ""

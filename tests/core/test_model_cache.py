@@ -27,18 +27,39 @@ from tests.conftest import ADMIN_KEY, AUTH, start_gateway, wait_for
 pytestmark = pytest.mark.model
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("cache")
+def _start(tmp: Path, budget: int) -> tuple[Any, str]:
     models = [{"name": n, "backend": "engine"} for n in ("a", "b", "c")]
     models.append({"name": "warm", "backend": "engine", "preload": True, "keep_alive": "1h"})
     (tmp / "models.yaml").write_text(yaml.safe_dump({"models": models}))
-    budget = int(builtin_model_path().stat().st_size * 2.5)  # two models fit, not three
     args = ["--config", str(tmp / "models.yaml"), "--data-dir", str(tmp), "--threads", "2"]
     args += ["--model-memory-bytes", str(budget), "--model-load-wait-s", "0.5"]
     env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN_KEY, "LOG_LEVEL": "WARNING"}
-    proc, base = start_gateway(args, env)
+    return start_gateway(args, env)
+
+
+def _loaded_size(tmp: Path) -> int:
+    """What one of these models holds once loaded, as the gateway counts it."""
+    proc, base = _start(tmp, 1 << 40)
     try:
+        return int(httpx.get(f"{base}/health").json()["models"]["warm"]["size_bytes"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("cache")
+    size = _loaded_size(tmp)
+    assert size > builtin_model_path().stat().st_size  # the KV cache counts
+    proc, base = _start(tmp, int(size * 2.5))  # two models fit, not three
+    try:
+        ol = ollama.Client(host=base, headers=AUTH)
+        assert _states(base)["warm"] == "loaded"  # preload: true
+        _unload_all(ol)
+        for name in ("a", "b", "c"):  # each loaded once: its size is known
+            ol.generate(model=name, prompt="")
+            ol.generate(model=name, prompt="", keep_alive=0)
         yield base
     finally:
         proc.terminate()
@@ -60,7 +81,6 @@ def _unload_all(ol: ollama.Client) -> None:
 
 def test_lazy_models_load_on_use_and_the_oldest_idle_one_makes_room(gateway: str) -> None:
     ol = ollama.Client(host=gateway, headers=AUTH)
-    assert _states(gateway)["warm"] == "loaded"  # preload
     assert {"a", "b", "c"}.isdisjoint(_loaded(ol))  # known, not loaded
     assert httpx.get(f"{gateway}/ready").status_code == 200
     _unload_all(ol)

@@ -41,6 +41,23 @@ def quantized(source: Path, target_type: str, cache_dir: Path | None, threads: i
     return target
 
 
+def quantize_types() -> frozenset[str]:
+    """The types a file can be requantized to (engine.llama.FTYPES' names)."""
+    from llm_gateway.engine.llama import FTYPES
+
+    return frozenset(FTYPES)
+
+
+def requantize(source: Path, target: Path, target_type: str, threads: int) -> None:
+    """Write ``source`` requantized to ``target_type`` as ``target`` (whole or not at all)."""
+    from llm_gateway.engine.llama import FTYPES, quantize
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    quantize(source, partial, FTYPES[target_type], threads)
+    partial.replace(target)
+
+
 def describe(path: Path, model: Model, context_length: int, template: str) -> ModelDetails:
     meta = model.facts.metadata
     return ModelDetails(

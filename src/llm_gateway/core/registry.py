@@ -8,7 +8,7 @@ app's lifespan starts the backends.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,16 +36,32 @@ class ModelEntry:
 class Registry:
     """Public model names (and aliases) to the backend that serves them."""
 
-    def __init__(self, entries: list[ModelEntry], residency: Residency | None = None) -> None:
-        self._entries = entries
+    def __init__(
+        self,
+        entries: list[ModelEntry],
+        residency: Residency | None = None,
+        make: Callable[[ModelSpec], ModelEntry] | None = None,
+    ) -> None:
+        self._entries: list[ModelEntry] = []
         self.residency = residency
+        self.make = make
+        """A new entry for a spec, built as the models file's are (core.library)."""
         self._by_name: dict[str, ModelEntry] = {}
         for entry in entries:
-            for key in (entry.spec.name, *entry.spec.aliases):
-                k = key.lower()
-                if k in self._by_name:
-                    raise ConfigError(f"model name or alias '{key}' is used twice")
-                self._by_name[k] = entry
+            self.add(entry)
+
+    def add(self, entry: ModelEntry) -> None:
+        """Serve one more model (ConfigError when a name of it is taken)."""
+        keys = [k.lower() for k in (entry.spec.name, *entry.spec.aliases)]
+        for key in keys:
+            if key in self._by_name:
+                raise ConfigError(f"model name or alias '{key}' is used twice")
+        self._entries.append(entry)
+        self._by_name.update(dict.fromkeys(keys, entry))
+
+    def remove(self, entry: ModelEntry) -> None:
+        self._entries.remove(entry)
+        self._by_name = {k: e for k, e in self._by_name.items() if e is not entry}
 
     def __iter__(self) -> Iterator[ModelEntry]:
         return iter(self._entries)
@@ -84,8 +100,8 @@ def build_registry(
     residency = Residency(
         budget if budget is not None else default_model_memory(), settings.model_load_wait_s
     )
-    entries = []
-    for spec in specs:
+
+    def make(spec: ModelSpec) -> ModelEntry:
         backend = kinds.get(spec.backend).build(spec, context)
         if spec.backend == "engine" and spec.path is not None:
             backend = Resident(
@@ -97,8 +113,9 @@ def build_registry(
                 keep_alive_s=spec.keep_alive_s,
                 path=spec.path,
             )
-        entries.append(ModelEntry(spec, backend))
-    return Registry(entries, residency)
+        return ModelEntry(spec, backend)
+
+    return Registry([make(spec) for spec in specs], residency, make)
 
 
 def _file_size(path: Path) -> int:

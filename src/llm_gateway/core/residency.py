@@ -4,10 +4,12 @@ used first, when the memory budget is full.
 
 Each engine model is a ``Resident`` around its backend; all share one
 ``Residency`` (the budget, GATEWAY_MODEL_MEMORY_BYTES; a model's size is its
-file's). Loading a model first unloads idle models, oldest use first, until it
-fits; a model with requests in flight is never unloaded under them: a load that
-cannot make room waits for one to finish, up to GATEWAY_MODEL_LOAD_WAIT_S, then
-is refused with 503 and Retry-After. Loading and unloading run on threads
+file's until it has been loaded once, then what its load added to the process's
+resident memory, if more: the KV cache and buffers count). Loading a model
+first unloads idle models, oldest use first, until it fits; a model with
+requests in flight is never unloaded under them: a load that cannot make room
+waits for one to finish, up to GATEWAY_MODEL_LOAD_WAIT_S, then is refused with
+503 and Retry-After. Loading and unloading run on threads
 (``EngineBackend.start``/``stop``), never on the engine threads that decode, so
 other models' streams go on. ``keep_alive`` (Ollama's: seconds, 0 unloads after
 the request, negative keeps it) comes per request, else the model's own, else
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -102,6 +105,7 @@ class Resident:
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._details: ModelDetails | None = None
+        self._started = False
         residency.members.append(self)
 
     # ---- the cache --------------------------------------------------------
@@ -121,6 +125,7 @@ class Resident:
                 return
             await self.residency.make_room(self)
             self.state, started = "loading", time.perf_counter()
+            before = _rss()
             try:
                 await self.inner.start()
             except Exception as exc:
@@ -129,6 +134,9 @@ class Resident:
                 raise NotReady(f"model '{self.name}' failed to load: {self.error}") from exc
             self.state, self.error = "loaded", None
             self._details = self.inner.details()
+            # What loading took (the KV cache and buffers too), once it is known: the
+            # file's size undercounts it (~3.5x for the built-in model).
+            self.size = max(self.size, _rss() - before)
             log.info("model %s loaded (%.2f s)", self.name, time.perf_counter() - started)
 
     async def unload(self, why: str) -> None:
@@ -172,6 +180,11 @@ class Resident:
             self._timer.cancel()
             self._timer = None
 
+    def forget(self) -> None:
+        """Leave the budget (the model is deleted)."""
+        if self in self.residency.members:
+            self.residency.members.remove(self)
+
     # ---- the backend contract ---------------------------------------------
     async def start(self) -> None:
         """Load a preloaded model; of the others, check only that their file is there."""
@@ -179,6 +192,7 @@ class Resident:
             await self.load()
         elif self.path is not None and not self.path.is_file():
             self.state, self.error = "failed", f"model file not found: {self.path}"
+        self._started = True
 
     async def stop(self) -> None:
         self._cancel_timer()
@@ -197,10 +211,11 @@ class Resident:
 
     @property
     def ready(self) -> bool:
-        """Serving or able to: a lazy model is ready unloaded; a preloaded one once loaded."""
+        """Serving or able to: once started (a preloaded model: loaded), unless its load
+        failed; unloaded later, it loads again on use."""
         if self.state == "loaded":
             return self.inner.ready
-        return self.state != "failed" and not self.preload
+        return self._started and self.state != "failed"
 
     def health(self) -> dict[str, Any]:
         body: dict[str, Any] = self.inner.health() if self.state == "loaded" else {}
@@ -237,3 +252,12 @@ async def _closing(chunks: AsyncIterator[Chunk]) -> AsyncIterator[None]:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _rss() -> int:
+    """The process's resident memory, bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0

@@ -253,5 +253,19 @@ def quantize(src: Path, dst: Path, ftype: int, threads: int) -> None:
 FTYPES = {
     "q4_0": lc.LLAMA_FTYPE_MOSTLY_Q4_0,
     "q4_1": lc.LLAMA_FTYPE_MOSTLY_Q4_1,
+    "q5_0": lc.LLAMA_FTYPE_MOSTLY_Q5_0,
+    "q5_1": lc.LLAMA_FTYPE_MOSTLY_Q5_1,
     "q8_0": lc.LLAMA_FTYPE_MOSTLY_Q8_0,
+    "q2_k": lc.LLAMA_FTYPE_MOSTLY_Q2_K,
+    "q3_k_s": lc.LLAMA_FTYPE_MOSTLY_Q3_K_S,
+    "q3_k_m": lc.LLAMA_FTYPE_MOSTLY_Q3_K_M,
+    "q3_k_l": lc.LLAMA_FTYPE_MOSTLY_Q3_K_L,
+    "q4_k_s": lc.LLAMA_FTYPE_MOSTLY_Q4_K_S,
+    "q4_k_m": lc.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    "q5_k_s": lc.LLAMA_FTYPE_MOSTLY_Q5_K_S,
+    "q5_k_m": lc.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    "q6_k": lc.LLAMA_FTYPE_MOSTLY_Q6_K,
+    "f16": lc.LLAMA_FTYPE_MOSTLY_F16,
 }
+"""The types a GGUF file can be requantized to (start-up ``quantize``, Ollama's
+/api/create ``quantize``), by their lower-case names."""

@@ -97,3 +97,36 @@ class LegacyEmbeddingsRequest(msgspec.Struct):
     prompt: str = ""
     keep_alive: str | float | None = None
     options: Options | None = None
+
+
+class CreateRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""  # before Ollama 0.5
+    from_: str | None = msgspec.field(default=None, name="from")
+    quantize: str | None = None
+    stream: bool | None = None
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] | None = None
+    license: str | list[str] | None = None
+    modelfile: str | None = None  # before Ollama 0.5
+
+
+class CopyRequest(msgspec.Struct):
+    source: str
+    destination: str
+
+
+class DeleteRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
+
+
+class PullRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
+    insecure: bool | None = None
+    stream: bool | None = None
