@@ -213,19 +213,23 @@ class BatchRunner:
             return None
 
     async def _line(self, body: dict[str, Any], who: Principal, line: Line) -> None:
+        """Run a line, then store its result (its slot is free by then: the next line
+        does not wait for the write)."""
         try:
-            for attempt in range(TRIES):
-                try:
-                    ok, out = await run_line(
-                        self.state, who, body["endpoint"], line, last_try=attempt + 1 == TRIES
-                    )
-                except GatewayError:  # retryable: run_line raises nothing else
-                    await asyncio.sleep(RETRY_S * 2**attempt)
-                    continue
-                await self.store.add_line(body["id"], line.index, ok, out)
-                return
+            ok, out = await self._answer(body, who, line)
         finally:
             self.slots.release()
+        await self.store.add_line(body["id"], line.index, ok, out)
+
+    async def _answer(
+        self, body: dict[str, Any], who: Principal, line: Line
+    ) -> tuple[bool, dict[str, Any]]:
+        for attempt in range(TRIES - 1):
+            try:
+                return await run_line(self.state, who, body["endpoint"], line)
+            except GatewayError:  # retryable: run_line raises nothing else
+                await asyncio.sleep(RETRY_S * 2**attempt)
+        return await run_line(self.state, who, body["endpoint"], line, last_try=True)
 
     async def _finish(self, body: dict[str, Any], status: str) -> None:
         """Write the output and error files, then end the batch as ``status``."""
