@@ -8,7 +8,7 @@ Errors on these paths are Anthropic's (``error_shapes``); the caller's key comes
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -18,12 +18,11 @@ from starlette.routing import Route
 from llm_gateway.api.anthropic import convert, replies
 from llm_gateway.api.anthropic.events import EventWriter
 from llm_gateway.api.anthropic.schemas import CountTokensRequest, MessagesRequest
-from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply, reraise
+from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply
 from llm_gateway.api.decode import decode_body
+from llm_gateway.api.typed_events import raise_failure, same, typed_stream
 from llm_gateway.core.service import Generation
-from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, named_sse, read_body
-from llm_gateway.errors import BackendError, GatewayError
 
 SSE = "text/event-stream"
 T = TypeVar("T")
@@ -38,42 +37,9 @@ async def create_message(request: Request) -> Response | EventStream:
         ctx,
         convert.from_messages_request(body),
         lambda text, final: replies.whole_message(out, text, final),
-        lambda gen: _events(gen, EventWriter(out, named_sse), b"".join, EventWriter.fail),
+        lambda gen: typed_stream(gen, EventWriter(out, named_sse), b"".join, EventWriter.fail),
         SSE,
     )
-
-
-async def _events(
-    gen: Generation,
-    writer: EventWriter[T],
-    join: Callable[[list[T]], U],
-    fail: Callable[[EventWriter[T], GatewayError], list[T]],
-) -> AsyncGenerator[U]:
-    """The stream: one ``join`` of events per chunk (the opening events with the
-    first chunk's, so the first write carries text); a failure is ``fail``'s events
-    (HTTP: an ``error`` event), or it raises."""
-    opening = writer.start()
-    try:
-        async for chunk in gen:
-            if chunk.finish_reason is None:
-                yield join(opening + writer.chunk(chunk))
-                opening = []
-                continue
-            yield join(opening + writer.close(chunk))
-            return
-        raise BackendError("the generation ended without finishing")
-    except Exception as exc:
-        yield join(opening + fail(writer, as_gateway_error(exc)))
-    finally:
-        await gen.aclose()
-
-
-def _same(events: list[Event]) -> list[Event]:
-    return events
-
-
-def _raise(writer: EventWriter[Event], exc: GatewayError) -> list[Event]:
-    reraise(exc)
 
 
 def _event_object(kind: str, data: dict[str, object]) -> Event:
@@ -85,7 +51,7 @@ async def _message_stream(ctx: RequestContext, raw: bytes) -> Streaming:
     out = replies.ReplyContext.of(body.model)
 
     async def events(gen: Generation) -> AsyncGenerator[Event]:
-        steps = _events(gen, EventWriter(out, _event_object), _same, _raise)
+        steps = typed_stream(gen, EventWriter(out, _event_object), same, raise_failure)
         async with contextlib.aclosing(steps):
             async for step in steps:
                 for event in step:

@@ -20,15 +20,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply, reraise
+from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.responses import convert, replies
 from llm_gateway.api.responses.events import EventWriter, event_object
 from llm_gateway.api.responses.schemas import ResponsesRequest
+from llm_gateway.api.typed_events import raise_failure, same, typed_stream
 from llm_gateway.core.service import Generation
-from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, named_sse, read_body
-from llm_gateway.errors import BackendError, GatewayError, NotFound
+from llm_gateway.errors import GatewayError, NotFound
 from llm_gateway.store.responses import ResponseStore
 from llm_gateway.types import Chunk, GenerationRequest
 
@@ -94,48 +94,28 @@ async def create_response(request: Request) -> Response | EventStream:
     return answer
 
 
-async def _events(
+def _events(
     gen: Generation,
     writer: EventWriter[T],
     save: Save,
     join: Callable[[list[T]], U],
     fail: Callable[[EventWriter[T], GatewayError], list[T]],
 ) -> AsyncGenerator[U]:
-    """The stream: one ``join`` of events per chunk, the response saved before the
-    last event; a failure is ``fail``'s events (HTTP: an error event and
-    ``response.failed``), or it raises."""
-    opening = writer.start()  # sent with the first chunk's events: text in the first write
-    try:
-        async for chunk in gen:
-            if chunk.finish_reason is None:
-                yield join(opening + writer.chunk(chunk))
-                opening = []
-                continue
-            yield join(opening + writer.close(chunk))
-            assert writer.final is not None
-            await save(writer.final)
-            yield join([writer.completed()])
-            return
-        raise BackendError("the generation ended without finishing")
-    except Exception as exc:
-        yield join(opening + fail(writer, as_gateway_error(exc)))
-    finally:
-        await gen.aclose()
+    """The stream; the response is saved before its last event (``response.completed``)."""
 
+    async def completed() -> list[T]:
+        assert writer.final is not None
+        await save(writer.final)
+        return [writer.completed()]
 
-def _same(events: list[Event]) -> list[Event]:
-    return events
-
-
-def _raise(writer: EventWriter[Event], exc: GatewayError) -> list[Event]:
-    reraise(exc)
+    return typed_stream(gen, writer, join, fail, completed)
 
 
 async def _response_stream(ctx: RequestContext, raw: bytes) -> Streaming:
     generation, out, save = await _prepare(ctx, decode_body(raw, ResponsesRequest))
 
     async def events(gen: Generation) -> AsyncGenerator[Event]:
-        steps = _events(gen, EventWriter(out, event_object), save, _same, _raise)
+        steps = _events(gen, EventWriter(out, event_object), save, same, raise_failure)
         async with contextlib.aclosing(steps):
             async for step in steps:
                 for event in step:
