@@ -107,6 +107,7 @@ def build_middleware(
             errors=errors,
             enabled=settings.auth,
             public=frozenset(public),
+            draining=lambda: state.draining,
         ),
         Middleware(FastRoutes, routes=FAST_ROUTES, errors=errors),
     ]

@@ -1,10 +1,19 @@
-"""Running the app under uvicorn (uvloop; httptools via GatewayHttpProtocol) with a drain flag."""
+"""Running the app under uvicorn (uvloop; httptools via GatewayHttpProtocol), and the
+graceful drain on SIGTERM or SIGINT.
+
+A first stop signal marks the gateway draining: the listener stays open, so
+`/ready` answers 503 (load balancers take the replica out) and new requests get
+503 with Retry-After (edge.auth), while the requests in flight finish. Once none
+is left, or DRAIN_S has passed, uvicorn shuts down as usual and the process
+exits 0. A second signal stops it at once.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
 import socket
+import time
 from types import FrameType
 
 import uvicorn
@@ -18,20 +27,35 @@ from llm_gateway.state import GatewayState
 log = logging.getLogger("llm_gateway")
 
 
+DRAIN_S = 30.0
+
+
 class GatewayServer(uvicorn.Server):
-    """uvicorn.Server that marks the gateway draining as soon as a stop signal arrives."""
+    """uvicorn.Server that drains before it stops (see the module docstring)."""
 
     def __init__(self, config: uvicorn.Config, state: GatewayState) -> None:
         super().__init__(config)
         self.gateway = state
+        self._drain_until = 0.0
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         tune_gc()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.gateway.draining:  # a second signal: stop now, as uvicorn does
+            super().handle_exit(sig, frame)
+            return
         self.gateway.draining = True
-        super().handle_exit(sig, frame)
+        self._drain_until = time.monotonic() + DRAIN_S
+        log.info("draining: %d requests in flight", len(self.server_state.tasks))
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        if not self.gateway.draining:
+            return False
+        return not self.server_state.tasks or time.monotonic() > self._drain_until
 
 
 GC_GEN0_THRESHOLD = 10_000

@@ -198,7 +198,7 @@ def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
         t.start()
     wait_for(lambda: len(done) >= 40, timeout_s=30)
     proc.send_signal(signal.SIGTERM)  # in-flight requests finish, then the buffer is flushed
-    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    assert proc.wait(timeout=60) == 0  # drained, then a clean exit (server.py)
     stop.set()
     for t in threads:
         t.join(timeout=30)

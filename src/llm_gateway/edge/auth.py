@@ -86,8 +86,10 @@ class AuthMiddleware:
         errors: ErrorRenderer,
         enabled: bool,
         public: frozenset[str] = ALLOWLIST,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
+        self.draining = draining
         self.authenticator = authenticator
         self.errors = errors
         self.enabled = enabled
@@ -99,6 +101,9 @@ class AuthMiddleware:
                 await self._websocket(scope, receive, send)
                 return
             await self.app(scope, receive, send)
+            return
+        if self.draining():
+            await self.errors.response(_shutting_down(), scope)(scope, receive, send)
             return
         try:
             principal = self._known(scope) or await self._principal(scope)
@@ -150,3 +155,11 @@ class AuthMiddleware:
             await send({**message, "type": "websocket." + message["type"]})
 
         await self.errors.response(exc, scope)(scope, receive, deny)
+
+
+def _shutting_down() -> NotReady:
+    """A new request while the gateway drains (server.py): another replica can take it."""
+    return NotReady(
+        "the gateway is shutting down: send the request again (to another replica)",
+        headers={"Retry-After": "1", "Connection": "close"},
+    )
