@@ -165,11 +165,7 @@ class InferenceService:
     ) -> Generation:
         """Admit the caller and start the generation; ``record`` (the request's
         usage record) gets the model, backend, tokens and time to first token."""
-        entry = self.registry.resolve(request.model)
-        if record is not None:
-            record.model = entry.name
-            record.backend = entry.spec.backend
-        check_model_allowed(principal, entry, request.model)
+        entry = self._entry(request.model, principal, record)
         admission = await self.admissions.admit(request, principal, entry)
         entry, stream, first, admission = await self._first_chunk(
             entry, request, principal, record, admission
@@ -182,11 +178,7 @@ class InferenceService:
         self, request: EmbeddingRequest, principal: Principal, record: UsageRecord | None = None
     ) -> tuple[Embeddings, RawHeaders]:
         """Admit the caller and embed; the tokens count against its limits and usage."""
-        entry = self.registry.resolve(request.model)
-        if record is not None:
-            record.model = entry.name
-            record.backend = entry.spec.backend
-        check_model_allowed(principal, entry, request.model)
+        entry = self._entry(request.model, principal, record)
         admission = await self.admissions.admit(request, principal, entry)
         used: int | None = 0
         try:
@@ -204,20 +196,14 @@ class InferenceService:
     ) -> int:
         """The prompt tokens the model would take for ``request``, which is not run:
         the caller's model allow-list applies, its token limits do not."""
-        entry = self.registry.resolve(request.model)
-        if record is not None:
-            record.model = entry.name
-            record.backend = entry.spec.backend
-        check_model_allowed(principal, entry, request.model)
+        entry = self._entry(request.model, principal, record)
         return await entry.backend.count_tokens(request)
 
     async def load(self, model: str, principal: Principal, keep_alive_s: float | None) -> bool:
         """Ollama's empty request: load an in-process model and keep it per
         ``keep_alive_s``, or with 0 unload it (True: it was unloaded). Other
         models have nothing to load."""
-        entry = self.registry.resolve(model)
-        check_model_allowed(principal, entry, model)
-        backend = entry.backend
+        backend = self._entry(model, principal, None).backend
         if not isinstance(backend, Resident):
             return False
         if keep_alive_s == 0:
@@ -225,6 +211,15 @@ class InferenceService:
             return True
         async with backend.using(keep_alive_s):
             return False
+
+    def _entry(self, model: str, principal: Principal, record: UsageRecord | None) -> ModelEntry:
+        """The model asked for, noted on the usage record, if the caller may use it."""
+        entry = self.registry.resolve(model)
+        if record is not None:
+            record.model = entry.name
+            record.backend = entry.spec.backend
+        check_model_allowed(principal, entry, model)
+        return entry
 
     def _chain(self, entry: ModelEntry, principal: Principal) -> list[ModelEntry]:
         """The model and, in order, its fallbacks that the caller may use."""
