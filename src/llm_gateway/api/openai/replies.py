@@ -5,6 +5,8 @@ events: messages, tool calls, logprobs, usage, errors. Spec: OpenAI API referenc
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,11 @@ class ReplyContext:
     id: str
     created: int
     model: str
+
+    @classmethod
+    def new(cls, prefix: str, model: str) -> ReplyContext:
+        """A fresh id (``chatcmpl-...``, ``cmpl-...``), created now."""
+        return cls(f"{prefix}-{random.getrandbits(128):032x}", int(time.time()), model)
 
 
 def usage_body(usage: Usage | None) -> dict[str, Any]:

@@ -9,8 +9,6 @@ one `data: {"error": ...}` event and the stream ends without [DONE].
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
@@ -49,15 +47,9 @@ CHAT_CHUNK = "chat.completion.chunk"
 COMPLETION = "text_completion"
 
 
-def _ctx(prefix: str, model: str) -> replies.ReplyContext:
-    return replies.ReplyContext(
-        id=f"{prefix}-{random.getrandbits(128):032x}", created=int(time.time()), model=model
-    )
-
-
 def _chat(body: ChatCompletionRequest) -> tuple[replies.ReplyContext, Piece, bool]:
     """A chat request's reply context, its chunk event and whether usage streams."""
-    out = _ctx("chatcmpl", body.model)
+    out = replies.ReplyContext.new("chatcmpl", body.model)
     usage = convert.wants_usage_in_stream(body)
 
     def piece(chunk: Chunk, first: bool) -> dict[str, Any]:
@@ -68,7 +60,7 @@ def _chat(body: ChatCompletionRequest) -> tuple[replies.ReplyContext, Piece, boo
 
 def _completion(body: CompletionRequest) -> tuple[replies.ReplyContext, Piece, bool]:
     """A completion request's reply context, its chunk event and whether usage streams."""
-    out = _ctx("cmpl", body.model)
+    out = replies.ReplyContext.new("cmpl", body.model)
     usage = convert.wants_usage_in_stream(body)
     offset = 0
 

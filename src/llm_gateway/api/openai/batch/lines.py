@@ -10,7 +10,6 @@ when the status is 2xx, else in the error file.
 
 from __future__ import annotations
 
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,7 @@ class Line:
     index: int  # 0-based line of the input file (blank lines count): its result's key
     custom_id: str
     body: bytes  # the request body, JSON
+    model: str | None = None  # the body's model, for the runner's engine priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,8 @@ def _check(n: int, raw: bytes, endpoint: str, seen: set[str]) -> Line | LineErro
         )
     if not isinstance(obj.get("body"), dict):
         return LineError(n + 1, "invalid_request", "body must be a JSON object", "body")
-    return Line(n, custom_id, orjson.dumps(obj["body"]))
+    model = obj["body"].get("model")
+    return Line(n, custom_id, orjson.dumps(obj["body"]), model if isinstance(model, str) else None)
 
 
 def parse_lines(data: bytes, endpoint: str) -> tuple[list[Line], list[LineError]]:
@@ -100,10 +101,6 @@ def parse_lines(data: bytes, endpoint: str) -> tuple[list[Line], list[LineError]
 Run = Callable[[GatewayState, Principal, UsageRecord, bytes], Awaitable[dict[str, Any]]]
 
 
-def _ctx(prefix: str, model: str) -> replies.ReplyContext:
-    return replies.ReplyContext(f"{prefix}-{random.getrandbits(128):032x}", int(time.time()), model)
-
-
 async def _chat(
     state: GatewayState, who: Principal, record: UsageRecord, raw: bytes
 ) -> dict[str, Any]:
@@ -111,7 +108,7 @@ async def _chat(
     request = convert.from_chat_request(body)
     request.stream, request.background = False, True
     text, final = await (await state.service.open(request, who, record)).collect()
-    return replies.chat_response(_ctx("chatcmpl", body.model), text, final)
+    return replies.chat_response(replies.ReplyContext.new("chatcmpl", body.model), text, final)
 
 
 async def _completion(
@@ -121,7 +118,7 @@ async def _completion(
     request = convert.from_completion_request(body)
     request.stream, request.background = False, True
     text, final = await (await state.service.open(request, who, record)).collect()
-    return replies.completion_response(_ctx("cmpl", body.model), text, final)
+    return replies.completion_response(replies.ReplyContext.new("cmpl", body.model), text, final)
 
 
 async def _embeddings(

@@ -23,8 +23,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import orjson
-
 from llm_gateway.api.openai.batch.lines import Line, parse_lines, run_line
 from llm_gateway.core.principal import Principal
 from llm_gateway.errors import GatewayError, ModelNotFound
@@ -134,10 +132,13 @@ class BatchRunner:
 
     async def _run(self, body: dict[str, Any], who: Principal) -> None:
         """Take the batch on from its stored status to its end."""
-        if body["status"] == "validating" and await self._validate(body) is None:
-            return
+        lines = None  # read with the check; a batch taken on again reads its file again
+        if body["status"] == "validating":
+            lines = await self._validate(body)
+            if lines is None:
+                return
         if body["status"] == "in_progress" and time.time() <= body["expires_at"]:
-            await self._run_lines(body, who, await self._read(body))
+            await self._run_lines(body, who, lines if lines is not None else await self._read(body))
         if time.time() > body["expires_at"] and body["status"] != "finalizing":
             await self._finish(body, "expired")
         elif await self.store.status(body["id"]) == "cancelling":
@@ -206,9 +207,8 @@ class BatchRunner:
             await asyncio.sleep(GIVE_WAY_S)
 
     def _entry(self, line: Line) -> Any:
-        model = orjson.loads(line.body).get("model")
         try:
-            return self.state.registry.resolve(model) if isinstance(model, str) else None
+            return self.state.registry.resolve(line.model) if line.model is not None else None
         except ModelNotFound:
             return None
 
