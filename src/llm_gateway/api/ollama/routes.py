@@ -172,21 +172,21 @@ async def ps(request: Request) -> Response:
     models = []
     for e in registry:
         backend = e.backend
-        if isinstance(backend, Resident) and not backend.loaded():
-            continue  # an in-process model that is not loaded now
-        if not backend.ready:
-            continue
-        body = convert.tag_body(e.name, _modified(e), backend.details())
-        expires = backend.expires_at if isinstance(backend, Resident) else None
+        resident = backend if isinstance(backend, Resident) else None
+        if (resident is not None and not resident.loaded()) or not backend.ready:
+            continue  # an in-process model not loaded now, or a model that cannot serve
+        details = backend.details()
+        body = convert.tag_body(e.name, _modified(e), details)
+        expires = resident.expires_at if resident is not None else None
         body.update(
             {
                 "expires_at": convert.rfc3339(expires) if expires else "9999-12-31T23:59:59Z",
                 "size_vram": 0,
-                "context_length": backend.details().context_length,
+                "context_length": details.context_length,
             }
         )
-        if isinstance(backend, Resident):
-            body["size"] = backend.size
+        if resident is not None:
+            body["size"] = resident.size
         del body["modified_at"]
         models.append(body)
     return JSONResponse({"models": models})
