@@ -36,10 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +48,8 @@ from typing import Any
 
 import httpx
 import openai
+
+from gateway_run import clean_env, command, free_port, gateway_python, machine, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_KEY = "llmgw-benchadmin01-batch-bench-key0"
@@ -107,21 +106,6 @@ def bodies(model: str, n: int, max_tokens: int) -> list[dict[str, Any]]:
 
 
 # ---- the gateway ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def gateway_python() -> str:
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    return str(venv_python) if venv_python.exists() else sys.executable
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without gateway settings, so only our flags configure it."""
-    drop = ("GATEWAY_", "MODEL_PATH", "LOG_LEVEL")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
 def start_gateway(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -245,24 +229,6 @@ async def ttft_under_batch(
 
 
 # ---- report --------------------------------------------------------------------
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"nproc {len(os.sched_getaffinity(0))}, {model}"
-
-
-def command() -> str:
-    rel = os.path.relpath(sys.executable, ROOT)
-    python = sys.executable if rel.startswith("..") else rel
-    return " ".join([python, *sys.argv])
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def table(r: dict[str, Any], meta: dict[str, Any]) -> str:

@@ -34,10 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from gateway_run import clean_env, command, free_port, gateway_python, machine, verdict
 from llm_gateway.core.model_specs import builtin_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,21 +62,6 @@ class BenchError(Exception):
 
 
 # ---- the gateway ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def gateway_python() -> str:
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    return str(venv_python) if venv_python.exists() else sys.executable
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without gateway settings, so only our flags configure it."""
-    drop = ("GATEWAY_", "MODEL_PATH", "LOG_LEVEL")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
 def models_file(tmp: Path) -> Path:
@@ -256,24 +239,6 @@ def measure(base: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- report --------------------------------------------------------------------
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"nproc {len(os.sched_getaffinity(0))}, {model}"
-
-
-def command() -> str:
-    rel = os.path.relpath(sys.executable, ROOT)
-    python = sys.executable if rel.startswith("..") else rel
-    return " ".join([python, *sys.argv])
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def table(r: dict[str, Any], meta: dict[str, Any]) -> str:
