@@ -65,6 +65,20 @@ BODY = '{"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content"
 STREAM_BODY = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
 
+def gateway_env(key: str = KEY) -> dict[str, str]:
+    """The gateway's environment: no outside GATEWAY_ settings, ``key`` as its admin
+    key, rate limits far above what a run reaches."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        GATEWAY_ADMIN_KEY=key,
+        LOG_LEVEL="WARNING",
+        GATEWAY_REQUESTS_PER_MINUTE=HUGE,
+        GATEWAY_TOKENS_PER_MINUTE=HUGE,
+        GATEWAY_CONCURRENT_REQUESTS=HUGE,
+    )
+    return env
+
+
 def free_port() -> int:
     import socket
 
@@ -284,14 +298,7 @@ def main(args: argparse.Namespace) -> int:
         models = tmp / "models.yaml"
         models.write_text(f"models:\n  - name: m\n    backend: openai\n    url: {mock}/v1\n")
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env.update(
-            GATEWAY_ADMIN_KEY=KEY,
-            LOG_LEVEL="WARNING",
-            GATEWAY_REQUESTS_PER_MINUTE=HUGE,
-            GATEWAY_TOKENS_PER_MINUTE=HUGE,
-            GATEWAY_CONCURRENT_REQUESTS=HUGE,
-        )
+        env = gateway_env()
         cmd = ["taskset", "-c", "0", sys.executable, "-m", "llm_gateway", "serve"]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--config", str(models)]
         cmd += ["--data-dir", str(tmp / "ours")]

@@ -82,7 +82,7 @@ import orjson
 
 from llm_gateway.api.rpc._generated import gateway_pb2 as pb
 from llm_gateway.api.rpc._generated import gateway_pb2_grpc
-from overhead_bench import HUGE, Target, cpu_s, free_port, process, wait_answer
+from overhead_bench import Target, cpu_s, free_port, gateway_env, process, wait_answer
 from usage_check import usage_backlog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -355,14 +355,7 @@ def start(stack: ExitStack, tmp: Path) -> tuple[int, int, int, int]:
     models = tmp / "models.yaml"
     models.write_text(f"models:\n  - name: m\n    backend: openai\n    url: {mock}/v1\n")
     port, grpc_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(
-        GATEWAY_ADMIN_KEY=KEY,
-        LOG_LEVEL="WARNING",
-        GATEWAY_REQUESTS_PER_MINUTE=HUGE,
-        GATEWAY_TOKENS_PER_MINUTE=HUGE,
-        GATEWAY_CONCURRENT_REQUESTS=HUGE,
-    )
+    env = gateway_env(KEY)
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "llm_gateway", "serve"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port)]
     cmd += ["--config", str(models), "--data-dir", str(tmp / "gateway")]
