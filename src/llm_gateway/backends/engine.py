@@ -306,11 +306,7 @@ class EngineBackend:
                 f"model '{self.name}' does not take images (it has no multimodal projector)",
                 param="messages",
             )
-        text = self._prompt_text(request)
-        if len(text) > _INLINE_TOKENIZE_CHARS:
-            tokens = await asyncio.to_thread(self._tokenize, text)
-        else:
-            tokens = self._tokenize(text)
+        tokens = await self._prompt_tokens(request)
         assert self._scheduler is not None
         limit = self._scheduler.cfg.max_seq_len
         if not tokens:
@@ -339,10 +335,14 @@ class EngineBackend:
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         self._generating()
+        return len(await self._prompt_tokens(request))
+
+    async def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """The prompt's tokens; a long prompt is tokenized off the event loop."""
         text = self._prompt_text(request)
         if len(text) > _INLINE_TOKENIZE_CHARS:
-            return len(await asyncio.to_thread(self._tokenize, text))
-        return len(self._tokenize(text))
+            return await asyncio.to_thread(self._tokenize, text)
+        return self._tokenize(text)
 
     def _prompt_text(self, request: GenerationRequest) -> str:
         """The prompt: the chat template's rendering of the messages (a last assistant
