@@ -26,6 +26,14 @@ def test_seed_environment_names_are_honoured(monkeypatch: pytest.MonkeyPatch) ->
     assert s.model_path == Path("/models/x.gguf")
 
 
+def test_empty_environment_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # compose's ${GATEWAY_ADMIN_KEY:-} and an empty Kubernetes value pass VAR=.
+    for name in ("GATEWAY_ADMIN_KEY", "JWT_SECRET", "GATEWAY_GRPC_PORT", "DATABASE_URL"):
+        monkeypatch.setenv(name, "")
+    s = Settings()
+    assert (s.admin_key, s.jwt_secret, s.grpc_port, s.database_url) == (None, None, None, None)
+
+
 def test_jwt_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
     first = ensure_jwt_secret(None, tmp_path)
     assert len(first) >= 32 and ensure_jwt_secret(None, tmp_path) == first

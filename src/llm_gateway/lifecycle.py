@@ -24,7 +24,7 @@ from llm_gateway.limits.base import RateLimiter
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
 from llm_gateway.store.batches import BatchStore
-from llm_gateway.store.database import create_engine, migrate, resolve_url
+from llm_gateway.store.database import create_engine, migrate, resolve_url, startup_lock
 from llm_gateway.store.files import FileStore
 from llm_gateway.store.responses import ResponseStore
 from llm_gateway.usage.columns import UsageColumns
@@ -40,12 +40,13 @@ async def open_store(state: GatewayState) -> None:
     """Database, migrations, key store, first admin key, authenticator, usage."""
     settings = state.settings
     state.database = create_engine(resolve_url(settings.database_url, settings.data_dir))
-    await migrate(state.database)
     state.key_store = KeyStore(state.database)
+    async with startup_lock(state.database):
+        await migrate(state.database)
+        created = await ensure_admin_key(state.key_store, settings.admin_key)
     state.responses = ResponseStore(state.database, settings.responses_retention_s)
     state.files = FileStore(state.database, settings.data_dir / "files")
     state.batches = BatchStore(state.database)
-    created = await ensure_admin_key(state.key_store, settings.admin_key)
     if created is not None:
         # Shown once: only its hash is stored.
         print(

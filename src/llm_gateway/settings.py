@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",
+        # VAR= is unset, as compose's ${VAR:-} and empty Kubernetes values mean it.
+        env_ignore_empty=True,
         populate_by_name=True,
         extra="ignore",
         frozen=True,

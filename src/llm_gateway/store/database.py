@@ -11,6 +11,10 @@ only to upgrade an existing older schema: a current one needs nothing, and an
 empty database gets the tables from ``tables.metadata`` (what the migrations
 build; a test compares the two on both databases) stamped with the head
 revision, as ``alembic stamp head`` would.
+
+Replicas that start together on one PostgreSQL take turns through
+``startup_lock`` (a session advisory lock), so only one of them migrates and
+creates the first admin key.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -27,6 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_lock key of the start-up section (any constant unique to this app).
+STARTUP_LOCK_KEY = 0x6C6C6D6777  # "llmgw"
 _DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
@@ -145,3 +153,22 @@ async def migrate(engine: AsyncEngine, *, fresh_without_alembic: bool = True) ->
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade, fresh_without_alembic=fresh_without_alembic)
     log.info("database schema is up to date (%s)", engine.url.render_as_string())
+
+
+@asynccontextmanager
+async def startup_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Hold PostgreSQL's advisory lock for the start-up section (migrations, first admin
+    key), so replicas started at once take turns; SQLite needs none (one process)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK_KEY})
+        await conn.commit()
+        try:
+            yield
+        finally:
+            await conn.execute(
+                sa.text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_LOCK_KEY}
+            )
+            await conn.commit()
