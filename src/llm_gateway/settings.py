@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llm_gateway.machine import usable_cpus, usable_memory
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Quantization = Literal["none", "q4_0", "q4_1", "q8_0"]
 
@@ -171,8 +173,8 @@ class Settings(BaseSettings):
         None,
         ge=0,
         description="Memory the in-process models may hold together (their files' sizes); "
-        "unset: three quarters of the machine's RAM. Loading one over it unloads idle "
-        "models, least recently used first.",
+        "unset: three quarters of the RAM (a container's memory limit honoured). Loading "
+        "one over it unloads idle models, least recently used first.",
     )
     model_load_wait_s: float = Field(
         30.0,
@@ -210,7 +212,10 @@ class Settings(BaseSettings):
         16, ge=1, le=256, description="Sequences decoded together in one batch."
     )
     threads: int = Field(
-        0, ge=0, description="Threads llama.cpp decodes with; 0 picks one per CPU core."
+        0,
+        ge=0,
+        description="Threads llama.cpp decodes with; 0 picks one per CPU this process may "
+        "use (a container's CPU limit honoured).",
     )
     batch_size: int = Field(
         256, ge=16, description="Most tokens decoded in one engine step (prompt chunks + decodes)."
@@ -240,15 +245,15 @@ class Settings(BaseSettings):
     )
 
     def resolved_threads(self) -> int:
-        return self.threads or (os.cpu_count() or 1)
+        return self.threads or usable_cpus()
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def default_model_memory() -> int:
-    """Three quarters of the machine's physical memory."""
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
+    """Three quarters of the memory this process may use (a container's limit, if set)."""
+    return int(usable_memory() * 0.75)
 
 
 def duration_s(value: str | float) -> float:
