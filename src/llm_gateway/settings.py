@@ -238,6 +238,22 @@ class Settings(BaseSettings):
         "data directory): q4_0, q4_1, q8_0, or none to run files as they are. Unset: each "
         "model's own choice (the built-in model runs as q8_0, measured fastest here).",
     )
+    gpu_layers: str = Field(
+        "auto",
+        pattern=r"^(auto|all|\d+)$",
+        description="Layers of each in-process model to put on the GPU: a number, all, or "
+        "auto (all when llama.cpp was built with a GPU backend, none on a CPU-only build).",
+    )
+    main_gpu: int = Field(0, ge=0, description="The GPU a model goes to when it is not split.")
+    tensor_split: str | None = Field(
+        None,
+        pattern=r"^\d+(\.\d+)?(,\d+(\.\d+)?)*$",
+        description="How to split a model across GPUs, as proportions (3,1); unset: "
+        "llama.cpp's default.",
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="Flash attention in the engine's contexts (auto: llama.cpp decides)."
+    )
     engine_dummy: bool = Field(
         False,
         description="Serve the deterministic dummy backend instead of the built-in model "

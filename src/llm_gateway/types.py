@@ -181,6 +181,7 @@ class ModelDetails:
     quantization_level: str = ""
     format: str = "gguf"
     size_bytes: int = 0
+    size_vram: int = 0  # the share of the weights on the GPU (layers on it / all layers)
     context_length: int = 0
     digest: str = ""
     chat_template: str = ""

@@ -11,13 +11,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_gateway.backends.model_file import describe, quantized
 from llm_gateway.backends.registry import BackendKind, BackendKinds, BuildContext
 from llm_gateway.backends.spec import ModelSpec
+from llm_gateway.engine.placement import Placement, placement_for
 from llm_gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, NotReady
 from llm_gateway.types import (
     Chunk,
@@ -55,6 +56,7 @@ class EngineOptions:
     quantize: str = "none"
     cache_dir: Path | None = None
     stream_interval_ms: float = 0.0
+    placement: Placement = field(default_factory=Placement)
 
 
 def build(spec: ModelSpec, context: BuildContext) -> EngineBackend:
@@ -72,6 +74,7 @@ def build(spec: ModelSpec, context: BuildContext) -> EngineBackend:
         quantize=settings.quantize or spec.quantize or "none",
         cache_dir=settings.data_dir / "models",
         stream_interval_ms=settings.stream_interval_ms,
+        placement=placement_for(settings, spec.gpu),
     )
     return EngineBackend(spec.name, spec.path, options)
 
@@ -117,20 +120,24 @@ class EngineBackend:
         opts = self.options
         path = quantized(self.path, opts.quantize, opts.cache_dir, opts.threads)
         log.info("loading model %s from %s", self.name, path)
-        model = Model(path, progress=self._on_progress)
+        model = Model(path, progress=self._on_progress, placement=opts.placement)
         try:
             self._serve(model)
         except BaseException:
             model.close()
             raise
         self._load_ns = time.perf_counter_ns() - started
+        placed = model.placed()
         log.info(
-            "model %s ready: %s, %d-token cache, %d sequences, %d threads (%.2fs)",
+            "model %s ready: %s, %d-token cache, %d sequences, %d threads, %d/%d layers on "
+            "the GPU (%.2fs)",
             self.name,
             model.facts.description,
             self._scheduler.cfg.n_ctx if self._scheduler else 0,
             self.options.max_sequences,
             self.options.threads,
+            placed["layers_on_gpu"],
+            placed["layers"],
             self._load_ns / 1e9,
         )
 
@@ -226,6 +233,8 @@ class EngineBackend:
             }
         state: dict[str, Any] = {"status": "ok" if self.ready else "failed", "backend": "engine"}
         state.update(self._scheduler.state())
+        if self._model is not None:
+            state.update(self._model.placed())
         if self._scheduler.failed:
             state["error"] = self._scheduler.failed
         return state

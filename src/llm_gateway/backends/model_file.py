@@ -60,13 +60,16 @@ def requantize(source: Path, target: Path, target_type: str, threads: int) -> No
 
 def describe(path: Path, model: Model, context_length: int, template: str) -> ModelDetails:
     meta = model.facts.metadata
+    size = path.stat().st_size
+    placed = model.placed()
     return ModelDetails(
         family=meta.get("general.architecture", ""),
         parameter_size=meta.get("general.size_label") or human_params(model.facts.n_params),
         quantization_level=FILE_TYPES.get(
             meta.get("general.file_type", ""), model.facts.description.split(" ")[-1]
         ),
-        size_bytes=path.stat().st_size,
+        size_bytes=size,
+        size_vram=size * placed["layers_on_gpu"] // max(1, placed["layers"]),
         context_length=context_length,
         digest=file_tag(path),
         chat_template=template,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llm_gateway.backends.upstream.config import UpstreamSpec
 from llm_gateway.limits.base import NO_LIMITS, Limits
@@ -25,6 +26,8 @@ class ModelSpec:
     overrides: dict[str, int] = field(default_factory=dict)
     """Per-model engine sizing (ctx_size, max_sequences, ...) over the settings' defaults."""
     quantize: Quantization | None = None
+    gpu: dict[str, Any] = field(default_factory=dict)
+    """In-process models: gpu_layers, main_gpu, tensor_split, flash_attn over the settings'."""
     limits: Limits = NO_LIMITS
     """Per-key limits for this model; requests to it are counted in their own window."""
     upstream: UpstreamSpec | None = None

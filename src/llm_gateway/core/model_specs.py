@@ -11,6 +11,9 @@ The models file (GATEWAY_CONFIG) looks like:
         ctx_size: 8192                  # optional per-model engine sizing
         max_sequences: 8
         threads: 2
+        gpu_layers: all                 # optional placement: a number, all or auto;
+        main_gpu: 0                     #   main_gpu, tensor_split [3, 1], flash_attn
+                                        #   auto/on/off (engine.placement)
 
 Without a models file, MODEL_PATH (a GGUF file or a folder of them) or else the
 built-in SmolLM2-135M-Instruct is served.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -28,6 +31,7 @@ import yaml
 from llm_gateway.backends.registry import BackendKinds
 from llm_gateway.backends.spec import ModelSpec
 from llm_gateway.backends.upstream.config import Timeouts, UpstreamSpec
+from llm_gateway.engine.placement import parse_gpu_layers, parse_tensor_split
 from llm_gateway.errors import ConfigError
 from llm_gateway.limits.base import NO_LIMITS, Limits
 from llm_gateway.settings import Quantization, Settings, duration_s
@@ -78,6 +82,10 @@ class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     batch_size: int | None = None
     queue_size: int | None = None
     quantize: Quantization | None = None
+    gpu_layers: int | str | None = None
+    main_gpu: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tensor_split: list[float] | None = None
+    flash_attn: Literal["auto", "on", "off"] | None = None
     limits: _FileLimits | None = None
     preload: bool = False  # engine models: load at start, not on first use
     keep_alive: str | float | None = None  # engine models: "5m", 300, -1 (forever)
@@ -168,6 +176,7 @@ def _specs_from_file(config: Path, kinds: BackendKinds) -> list[ModelSpec]:
                 aliases=tuple(m.aliases),
                 overrides=overrides,
                 quantize=quantize,
+                gpu=_gpu(m),
                 upstream=_upstream(m, config, kinds.get(m.backend).upstream),
                 fallbacks=tuple(m.fallbacks),
                 limits=m.limits.to_limits() if m.limits is not None else NO_LIMITS,
@@ -176,6 +185,23 @@ def _specs_from_file(config: Path, kinds: BackendKinds) -> list[ModelSpec]:
             )
         )
     return specs
+
+
+def _gpu(m: _FileModel) -> dict[str, Any]:
+    """The entry's placement fields that are set, checked (engine.placement)."""
+    given = {
+        k: v
+        for k in ("gpu_layers", "main_gpu", "tensor_split", "flash_attn")
+        if (v := getattr(m, k)) is not None
+    }
+    try:
+        if "gpu_layers" in given:
+            given["gpu_layers"] = parse_gpu_layers(given["gpu_layers"])
+        if "tensor_split" in given:
+            given["tensor_split"] = parse_tensor_split(given["tensor_split"])
+    except ValueError as exc:
+        raise ConfigError(f"model '{m.name}': {exc}") from exc
+    return given
 
 
 def _keep_alive(m: _FileModel) -> float | None:

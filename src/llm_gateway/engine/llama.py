@@ -18,6 +18,8 @@ from typing import Any
 
 import llama_cpp as lc
 
+from llm_gateway.engine.placement import Placement
+
 log = logging.getLogger("llm_gateway.llama_cpp")
 
 _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
@@ -44,6 +46,18 @@ def init_backend() -> None:
             _initialised = True
 
 
+def supports_gpu_offload() -> bool:
+    """Whether this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan, ...)."""
+    return bool(lc.llama_supports_gpu_offload())
+
+
+_FLASH_ATTN = {
+    "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
 class LlamaError(RuntimeError):
     """llama.cpp refused an operation (load, context creation, decode)."""
 
@@ -60,10 +74,13 @@ class ModelFacts:
 class Model:
     """A loaded GGUF model and its vocabulary."""
 
-    def __init__(self, path: Path, *, progress: Any = None) -> None:
+    def __init__(
+        self, path: Path, *, progress: Any = None, placement: Placement | None = None
+    ) -> None:
         init_backend()
+        self.placement = placement or Placement()
         params = lc.llama_model_default_params()
-        params.n_gpu_layers = 0
+        self._place(params)
         if progress is not None:
             self._progress_cb = lc.llama_progress_callback(lambda p, _u: bool(progress(p) or True))
             params.progress_callback = self._progress_cb
@@ -73,8 +90,24 @@ class Model:
         self.ptr = ptr
         self.vocab = lc.llama_model_get_vocab(ptr)
         self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+        self.n_layer = int(lc.llama_model_n_layer(ptr))
         self._pieces: dict[int, bytes] = {}
         self.facts = self._read_facts()
+
+    def _place(self, params: Any) -> None:
+        """Layers on the GPU (none on a CPU-only build), the main GPU, the split."""
+        placement = self.placement
+        params.n_gpu_layers = placement.n_gpu_layers(supports_gpu_offload())
+        params.main_gpu = placement.main_gpu
+        if placement.tensor_split:
+            devices = int(lc.llama_max_devices())
+            split = list(placement.tensor_split[:devices])
+            self._tensor_split = (ctypes.c_float * devices)(*split, *[0.0] * (devices - len(split)))
+            params.tensor_split = self._tensor_split
+
+    def placed(self) -> dict[str, Any]:
+        """The placement and where the layers went (for /health)."""
+        return self.placement.describe(supports_gpu_offload(), self.n_layer)
 
     def _read_facts(self) -> ModelFacts:
         buf = ctypes.create_string_buffer(256)
@@ -173,6 +206,7 @@ class Context:
         # short ones leave free, instead of n_ctx / n_seq each.
         params.kv_unified = True
         params.no_perf = True
+        params.flash_attn_type = _FLASH_ATTN[model.placement.flash_attn]
         ptr = lc.llama_init_from_model(model.ptr, params)
         if not ptr:
             raise LlamaError("llama.cpp could not create a context (out of memory?)")

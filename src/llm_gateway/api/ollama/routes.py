@@ -181,7 +181,7 @@ async def ps(request: Request) -> Response:
         body.update(
             {
                 "expires_at": convert.rfc3339(expires) if expires else "9999-12-31T23:59:59Z",
-                "size_vram": 0,
+                "size_vram": details.size_vram,
                 "context_length": details.context_length,
             }
         )
