@@ -1,0 +1,1 @@
+"""Tests of the deployment files (deploy/): Dockerfile, Kubernetes manifests."""
