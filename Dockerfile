@@ -68,7 +68,8 @@ RUN apt-get update -q && \
     apt-get install -y -q --no-install-recommends ca-certificates libgomp1 python3 tini && \
     rm -rf /var/lib/apt/lists/* && \
     useradd --system --uid 10001 --user-group --home-dir /var/lib/llm-gateway \
-      --create-home --shell /usr/sbin/nologin gateway
+      --create-home --shell /usr/sbin/nologin gateway && \
+    install -d -o 10001 -g 10001 /var/lib/llm-gateway/files
 COPY --from=build /opt/llm-gateway /opt/llm-gateway
 ENV PATH=/opt/llm-gateway/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -38,19 +39,16 @@ def client(dummy_settings: Settings) -> Iterator[TestClient]:
 PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None (the SQLite default) or a fresh PostgreSQL database, dropped afterwards."""
-    if request.param == "sqlite":
-        yield None
-        return
+@contextlib.contextmanager
+def fresh_postgres(prefix: str = "gw_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database (127.0.0.1:5432, for real), dropped afterwards."""
     import asyncio
     import uuid
 
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
 
     async def run(statement: str) -> None:
         admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -65,6 +63,16 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (the SQLite default) or a fresh PostgreSQL database, dropped afterwards."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with fresh_postgres() as url:
+        yield url
 
 
 def free_port() -> int:

@@ -45,7 +45,7 @@ async def open_store(state: GatewayState) -> None:
         await migrate(state.database)
         created = await ensure_admin_key(state.key_store, settings.admin_key)
     state.responses = ResponseStore(state.database, settings.responses_retention_s)
-    state.files = FileStore(state.database, settings.data_dir / "files")
+    state.files = FileStore(state.database, settings.resolved_files_dir())
     state.batches = BatchStore(state.database)
     if created is not None:
         # Shown once: only its hash is stored.

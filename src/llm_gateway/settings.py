@@ -169,6 +169,11 @@ class Settings(BaseSettings):
         description="Largest file accepted by POST /v1/files (bytes; the Batch API's input); "
         "413 above.",
     )
+    files_dir: Path | None = Field(
+        None,
+        description="Where uploaded files and batch outputs are kept; unset: <data-dir>/files. "
+        "Replicas that share a database must share this folder too (a shared volume).",
+    )
     model_memory_bytes: int | None = Field(
         None,
         ge=0,
@@ -189,6 +194,9 @@ class Settings(BaseSettings):
         "fewer than max_sequences, so an interactive request always finds a sequence. "
         "Each waits while interactive requests are queued for the same engine model.",
     )
+
+    def resolved_files_dir(self) -> Path:
+        return self.files_dir or self.data_dir / "files"
 
     def resolved_batch_concurrency(self) -> int:
         return self.batch_concurrency or max(1, self.max_sequences - 1)

@@ -126,6 +126,9 @@ def test_scale_profile_shares_postgres_and_redis_behind_nginx(configs: dict[str,
     replica = services["replica"]
     assert replica["deploy"]["replicas"] == 3
     assert not published(replica)  # reached through the balancer only
+    # Uploaded files and batch outputs: one volume for all replicas, where the image's
+    # GATEWAY_FILES_DIR default (<data dir>/files) puts them.
+    assert mounts(replica)[f"{DATA_DIR}/files"] == "batch-files"
     env = env_of(replica)
     database, redis = urlsplit(env["DATABASE_URL"]), urlsplit(env["REDIS_URL"])
     assert (database.hostname, redis.hostname) == ("postgres", "redis")

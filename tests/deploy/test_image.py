@@ -133,7 +133,8 @@ def extra_ca_certs() -> str:
 
 @pytest.fixture(scope="module")
 def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`compose up -d gateway` (the default profile) in a project of its own; down -v after."""
+    """`compose up -d` (the default profile: one gateway) in a project of its own; down -v
+    after."""
     port = free_port()
     env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_KEY": ADMIN_KEY}
     env["EXTRA_CA_CERT"] = extra_ca_certs()
@@ -152,7 +153,7 @@ def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 
     run("build", "gateway", timeout=BUILD_TIMEOUT_S)
     try:
-        run("up", "-d", "gateway")
+        run("up", "-d")
         container = run("ps", "-q", "gateway").strip()
         yield {"base": f"http://127.0.0.1:{port}", "container": container, "name": name}
     finally:

@@ -200,6 +200,15 @@ def test_scale_overlay_shares_state_and_autoscales(by_target: dict[str, list[Obj
         "minAvailable": 2,
         "selector": deployment["spec"]["selector"],
     }
+    # The Files API's folder is one volume every replica mounts (ReadWriteMany).
+    claim = _one(objs, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in _container(objs)["volumeMounts"] if m["mountPath"].endswith("/files")]
+    assert mount["mountPath"] == "/var/lib/llm-gateway/files"  # GATEWAY_FILES_DIR's default
+    claimed = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    assert claimed == claim["metadata"]["name"]
 
 
 def test_gpu_overlay_asks_for_a_gpu(by_target: dict[str, list[Obj]]) -> None:

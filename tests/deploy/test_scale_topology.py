@@ -15,41 +15,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import os
 import secrets
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 import sqlalchemy as sa
-from redis import Redis
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from llm_gateway.auth.authenticator import KEY_CACHE_TTL_S
 from llm_gateway.store.tables import usage_records
 from tests.conftest import (
-    ADMIN_KEY,
     AUTH,
-    PG_ADMIN_URL,
-    free_port,
-    new_key,
-    start_gateway,
     wait_for,
 )
-from tests.redis_helpers import REDIS_URL
+from tests.deploy.conftest import FLUSH_S, REPLICAS, Topology
 
-REPO = Path(__file__).resolve().parents[2]
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-REPLICAS = 3
-FLUSH_S = 1.0  # GATEWAY_USAGE_FLUSH_INTERVAL_S, the default
 CHAT: dict[str, Any] = {
     "model": "dummy",
     "messages": [{"role": "user", "content": "one two three"}],
@@ -66,152 +50,6 @@ KILL_AFTER_S = 1.5
 LOAD_AFTER_KILL_S = 2.5
 GRACE_S = 0.5  # after the kill, every request started later than this must succeed
 REVOKE_SLACK_S = 0.25  # a poll's round trip on top of the key cache's TTL
-
-NGINX_CONF = """\
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-worker_processes 1;
-events {{}}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    # Which replica answered (the last one tried): gateway.conf adds no headers itself.
-    add_header X-Upstream $upstream_addr always;
-    include gateway.conf;
-}}
-"""
-
-
-@dataclass
-class Topology:
-    """The running replicas (process, base URL), nginx's URL, and the keys made here."""
-
-    database_url: str
-    replicas: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
-    nginx: str = ""
-    key_ids: list[str] = field(default_factory=list)
-
-    @property
-    def bases(self) -> list[str]:
-        return [base for _, base in self.replicas]
-
-    def key(self, owner: str, **body: Any) -> tuple[dict[str, str], str]:
-        """A new key made on replica 0: its Authorization header and its id."""
-        key = new_key({"base": self.bases[0]}, owner, **body)
-        key_id = key.split("-")[1]  # llmgw-<id>-<secret>
-        self.key_ids.append(key_id)
-        return {"Authorization": f"Bearer {key}"}, key_id
-
-
-def _write_nginx_conf(tmp: Path, bases: list[str]) -> int:
-    """nginx's prefix in ``tmp``: the wrapper, the repo's gateway.conf on a free port,
-    and the replicas as upstreams. The port nginx listens on."""
-    conf = tmp / "conf"
-    conf.mkdir(parents=True)
-    port = free_port()
-    gateway = (REPO / "deploy" / "nginx" / "gateway.conf").read_text()
-    assert gateway.count("listen 8080;") == 1, "gateway.conf should listen on 8080 once"
-    (conf / "gateway.conf").write_text(gateway.replace("listen 8080;", f"listen {port};"))
-    servers = [f"server {b.removeprefix('http://')} max_fails=1 fail_timeout=5s;" for b in bases]
-    (conf / "gateway-upstreams.conf").write_text("\n".join(servers) + "\n")
-    (conf / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp))
-    return port
-
-
-def _start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "conf/nginx.conf")]
-    proc = subprocess.Popen([*cmd, "-g", "daemon off;"])
-    ready = wait_for(lambda: proc.poll() is not None or _ready(f"http://127.0.0.1:{port}"))
-    if proc.poll() is not None or not ready:
-        log = (tmp / "error.log").read_text() if (tmp / "error.log").exists() else ""
-        _stop(proc)
-        pytest.fail(f"nginx did not come up (exit {proc.returncode}):\n{log}")
-    return proc
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/ready", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait(timeout=15)
-
-
-def _forget_redis(key_ids: list[str]) -> None:
-    """Delete the rate-limit state of this module's keys (and nothing else)."""
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        for key_id in key_ids:
-            names = list(redis.scan_iter(match=f"llmgw:rl:{{{key_id}}}*", count=1000))
-            if names:
-                redis.delete(*names)
-    finally:
-        redis.close()
-
-
-async def _admin_sql(statement: str) -> None:
-    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(sa.text(statement))
-    finally:
-        await admin.dispose()
-
-
-@pytest.fixture(scope="module")
-def scale_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for the module (as conftest's database_url makes one
-    per test), dropped afterwards."""
-    name = f"gw_test_scale_{secrets.token_hex(6)}"
-    asyncio.run(_admin_sql(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        asyncio.run(_admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture(scope="module")
-def topology(scale_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    if not os.access(NGINX, os.X_OK):
-        pytest.fail(f"{NGINX} not found: run scripts/ensure-nginx")
-    tmp = tmp_path_factory.mktemp("scale")
-    env = {
-        **os.environ,
-        "GATEWAY_ADMIN_KEY": ADMIN_KEY,
-        "DATABASE_URL": scale_database,
-        "REDIS_URL": REDIS_URL,
-        "GATEWAY_RATE_LIMIT_FAIL_OPEN": "false",
-        "GATEWAY_USAGE_FLUSH_INTERVAL_S": str(FLUSH_S),
-        "LOG_LEVEL": "WARNING",
-    }
-    top = Topology(scale_database)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(REPLICAS):  # one after another: the first one runs the migrations
-            proc, base = start_gateway(["--data-dir", str(tmp / "data"), "--engine-dummy"], env)
-            procs.append(proc)
-            top.replicas.append((proc, base))
-        port = _write_nginx_conf(tmp / "nginx", top.bases)
-        procs.append(_start_nginx(tmp / "nginx", port))
-        top.nginx = f"http://127.0.0.1:{port}"
-        yield top
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        _forget_redis(top.key_ids)
 
 
 def test_a_key_limit_is_exact_across_replicas(topology: Topology) -> None:

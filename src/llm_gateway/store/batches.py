@@ -7,11 +7,20 @@ Each line's result is its own row, keyed by (batch, line) and written once: a
 gateway stopped mid-batch, however it stops, carries on with the lines that
 have no row, and a line finished twice (run again after a crash between its
 answer and its row) keeps its first row, so the output holds every line once.
+
+Replicas sharing the database each run a batch runner; a batch is worked off by
+one of them, the one holding its *lease* (``claim``), renewed while it runs and
+given back when that runner stops. A runner that dies without giving it back
+(kill -9) loses it after ``lease_s``, and another runner (or the same one,
+restarted: its identity is kept in the data directory) takes the batch on.
 """
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +31,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_gateway.store.tables import batch_lines, batches
 
 UNFINISHED = ("validating", "in_progress", "finalizing", "cancelling")
+RUNNER_FILE = "batch_runner_id"
+
+
+def runner_identity(data_dir: Path) -> str:
+    """This gateway's batch-runner name: its host and an id kept in its data directory,
+    so a restarted gateway takes back its own leases at once."""
+    path = data_dir / RUNNER_FILE
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    if not kept:
+        kept = uuid.uuid4().hex[:16]
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(kept + "\n")
+    return f"{socket.gethostname()[:100]}/{kept}"
 
 
 class BatchStore:
@@ -81,6 +106,24 @@ class BatchStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [(orjson.loads(r.body), orjson.loads(r.caller)) for r in rows]
+
+    async def claim(self, batch_id: str, runner: str, lease_s: float) -> bool:
+        """Take the batch's lease (or renew it) for ``lease_s``; False while another
+        runner holds one that has not run out."""
+        now = time.time()
+        free = sa.or_(
+            batches.c.runner.is_(None), batches.c.runner == runner, batches.c.lease_until < now
+        )
+        query = sa.update(batches).where(batches.c.id == batch_id, free)
+        async with self.engine.begin() as conn:
+            done = await conn.execute(query.values(runner=runner, lease_until=now + lease_s))
+            return bool(done.rowcount)
+
+    async def release(self, batch_ids: list[str], runner: str) -> None:
+        """Give back this runner's leases on these batches (it is stopping)."""
+        query = sa.update(batches).where(batches.c.id.in_(batch_ids), batches.c.runner == runner)
+        async with self.engine.begin() as conn:
+            await conn.execute(query.values(runner=None, lease_until=None))
 
     async def owner(self, batch_id: str) -> str | None:
         query = sa.select(batches.c.owner).where(batches.c.id == batch_id)

@@ -88,6 +88,10 @@ batches = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("caller", sa.Text, nullable=False),  # JSON: who runs it (store.batches)
     sa.Column("body", sa.Text, nullable=False),  # JSON: the batch object, counts aside
+    # The runner working it off, until lease_until (epoch s): one runner per batch
+    # among replicas sharing the database (store.batches.claim).
+    sa.Column("runner", sa.String(128), nullable=True),
+    sa.Column("lease_until", sa.Double, nullable=True),
     sa.Index("ix_batches_owner", "owner", "created_at"),
     sa.Index("ix_batches_status", "status"),
 )

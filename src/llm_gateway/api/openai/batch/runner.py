@@ -11,7 +11,9 @@ requests are queued for a sequence of the same engine model. Then the batch is
 *finalizing*: the output and error files are written, and it is *completed* (or
 *cancelled*, after a cancel, or *expired*, past its completion window, with
 the lines done so far). The runner starts with the app and carries on with the
-batches an earlier run left, whatever stopped it.
+batches an earlier run left, whatever stopped it. Replicas sharing the database
+each run one; a batch is worked off by the runner holding its lease
+(store.batches), so each line runs once however many replicas there are.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from llm_gateway.api.openai.batch.lines import Line, parse_lines, run_line
 from llm_gateway.core.principal import Principal
 from llm_gateway.errors import GatewayError, ModelNotFound
 from llm_gateway.state import GatewayState
-from llm_gateway.store.batches import BatchStore
+from llm_gateway.store.batches import BatchStore, runner_identity
 from llm_gateway.store.files import FileStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ TRIES = 6
 RETRY_S = 0.5  # then doubling
 GIVE_WAY_S = 0.02
 IDLE_POLL_S = 5.0  # batches another replica created, or a cancel it took
+LEASE_S = 30.0  # renewed every pass (IDLE_POLL_S at most); a runner that dies loses it then
 
 
 def caller_of(principal: Principal) -> dict[str, Any]:
@@ -76,6 +79,7 @@ class BatchRunner:
         self.state = state
         self.slots = asyncio.Semaphore(state.settings.resolved_batch_concurrency())
         self._wake = asyncio.Event()
+        self.runner = runner_identity(state.settings.data_dir)
 
     @property
     def store(self) -> BatchStore:
@@ -102,27 +106,51 @@ class BatchRunner:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _loop(self) -> None:
-        """A task per unfinished batch, all sharing the slots: a new batch is checked
-        and started while others run."""
+        """A task per unfinished batch this runner holds the lease of, all sharing the
+        slots: a new batch is checked and started while others run."""
         running: dict[str, asyncio.Task[None]] = {}
         try:
             while True:
                 self._wake.clear()
                 try:
-                    for body, caller in await self.store.unfinished():
-                        batch_id = body["id"]
-                        if batch_id not in running:
-                            task = asyncio.create_task(self._guarded(body, principal_of(caller)))
-                            running[batch_id] = task
-                            task.add_done_callback(_forget(running, batch_id))
+                    await self._renew(running)
+                    await self._take_on(running)
                 except Exception:
                     log.exception("the batch runner failed; it goes on in %g s", IDLE_POLL_S)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
         finally:
+            held = list(running)
             for task in running.values():
                 task.cancel()
             await asyncio.gather(*running.values(), return_exceptions=True)
+            await self._release(held)
+
+    async def _take_on(self, running: dict[str, asyncio.Task[None]]) -> None:
+        for body, caller in await self.store.unfinished():
+            batch_id = body["id"]
+            if batch_id in running or not await self.store.claim(batch_id, self.runner, LEASE_S):
+                continue  # running here, or another replica's
+            task = asyncio.create_task(self._guarded(body, principal_of(caller)))
+            running[batch_id] = task
+            task.add_done_callback(_forget(running, batch_id))
+
+    async def _renew(self, running: dict[str, asyncio.Task[None]]) -> None:
+        """Renew the leases of the batches running here; one lost (this runner stalled
+        past LEASE_S and another took it on) stops here."""
+        for batch_id, task in list(running.items()):
+            if not await self.store.claim(batch_id, self.runner, LEASE_S):
+                log.warning("batch %s: its lease went to another runner; stopping here", batch_id)
+                task.cancel()
+
+    async def _release(self, batch_ids: list[str]) -> None:
+        """Give the leases back, so another replica takes the batches on at once."""
+        if not batch_ids:
+            return
+        try:
+            await self.store.release(batch_ids, self.runner)
+        except Exception:
+            log.warning("could not give back the leases of %d batches", len(batch_ids))
 
     async def _guarded(self, body: dict[str, Any], who: Principal) -> None:
         try:
