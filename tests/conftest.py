@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -84,9 +84,10 @@ def free_port() -> int:
 
 
 def start_gateway(
-    args: list[str], env: dict[str, str], timeout_s: float = 60
+    args: list[str], env: dict[str, str], timeout_s: float = 60, output: IO[bytes] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A real `python -m llm_gateway serve` on a free port, once /ready says 200."""
+    """A real `python -m llm_gateway serve` on a free port, once /ready says 200; its
+    stdout and stderr go to ``output`` when given."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -99,7 +100,7 @@ def start_gateway(
         str(port),
         *args,
     ]
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=output)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
