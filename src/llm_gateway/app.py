@@ -23,6 +23,8 @@ from llm_gateway.api.ollama import routes as ollama
 from llm_gateway.api.openai import routes as openai
 from llm_gateway.api.openai.batch import routes as batch
 from llm_gateway.api.openai.batch.runner import BatchRunner
+from llm_gateway.api.openapi import routes as openapi
+from llm_gateway.api.openapi.document import build_document
 from llm_gateway.api.responses import routes as responses
 from llm_gateway.api.websocket import routes as websocket
 from llm_gateway.backends.upstream.config import HttpPool
@@ -40,6 +42,7 @@ from llm_gateway.limits.base import Limits
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
 from llm_gateway.usage.metrics import GatewayMetrics
+from llm_gateway.version import __version__
 
 ROUTES: tuple[BaseRoute, ...] = (
     *health.routes,
@@ -60,6 +63,22 @@ FAST_ROUTES = {
     **ollama.fast_routes,
 }
 ERROR_SHAPES = {**openai.error_shapes, **anthropic.error_shapes, **ollama.error_shapes}
+ERROR_SCHEMAS = {**openai.error_schemas, **anthropic.error_schemas, **ollama.error_schemas}
+OPERATIONS = (
+    *health.openapi_operations,
+    *openai.openapi_operations,
+    *batch.openapi_operations,
+    *responses.openapi_operations,
+    *anthropic.openapi_operations,
+    *keys.openapi_operations,
+    *stats.openapi_operations,
+    *dashboard.openapi_operations,
+    *ollama.openapi_operations,
+    *ollama_library.openapi_operations,
+    *websocket.openapi_operations,
+    *openapi.openapi_operations,
+)
+"""Every route in /openapi.json (api.openapi), from each package's table."""
 STREAM_KINDS = {
     **openai.stream_kinds,
     **responses.stream_kinds,
@@ -88,11 +107,18 @@ class GatewayApp(Starlette):
         return app
 
 
+def public_paths(settings: Settings) -> frozenset[str]:
+    """The paths that need no credentials: the edge's ALLOWLIST, the dashboard page,
+    the API's document and its page, and /metrics unless GATEWAY_METRICS_AUTH."""
+    metrics = frozenset() if settings.metrics_auth else {"/metrics"}
+    return ALLOWLIST | dashboard.PUBLIC_PAGES | openapi.PUBLIC_PATHS | metrics
+
+
 def build_middleware(
     settings: Settings, state: GatewayState, errors: ErrorRenderer
 ) -> list[Middleware]:
     """The middleware stack, outermost first."""
-    public = ALLOWLIST | dashboard.PUBLIC_PAGES | (set() if settings.metrics_auth else {"/metrics"})
+    public = public_paths(settings)
     return [
         Middleware(UsageMiddleware, recorder=lambda: state.recorder),
         Middleware(
@@ -106,7 +132,7 @@ def build_middleware(
             authenticator=lambda: state.authenticator,
             errors=errors,
             enabled=settings.auth,
-            public=frozenset(public),
+            public=public,
             draining=lambda: state.draining,
         ),
         Middleware(FastRoutes, routes=FAST_ROUTES, errors=errors),
@@ -173,8 +199,15 @@ def create_app(settings: Settings) -> GatewayApp:
         async with lifecycle.run(state, pool), _grpc(state), BatchRunner(state).running():
             yield
 
+    document = build_document(
+        OPERATIONS, ERROR_SCHEMAS, public_paths(settings), settings.auth, __version__
+    )
     app = GatewayApp(
-        routes=[*ROUTES, *websocket.routes(STREAM_KINDS, errors.shape)],
+        routes=[
+            *ROUTES,
+            *websocket.routes(STREAM_KINDS, errors.shape),
+            *openapi.routes(document),
+        ],
         middleware=build_middleware(settings, state, errors),
         exception_handlers={
             GatewayError: errors.gateway_error,

@@ -152,6 +152,22 @@ def test_bad_key_requests_are_explained(app_client: TestClient) -> None:
     assert r.status_code == 413
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"expires_in_days": 1.7e233}, "'expires_in_days' is too large"),  # found by fuzzing
+        ({"expires_in_days": 1e8}, "'expires_in_days' is too large"),  # past year 9999
+        ({"limits": {"requests_per_minute": 2**63}}, "'limits.requests_per_minute'"),
+        ({"limits": {"models": {"m": {"tokens_per_minute": 2**64}}}}, "'limits.models.m."),
+    ],
+)
+def test_out_of_range_key_requests_are_a_400_naming_the_field(
+    app_client: TestClient, body: dict[str, object], field: str
+) -> None:
+    r = app_client.post("/api/keys", headers=bearer(ADMIN_KEY), json={"name": "x", **body})
+    assert r.status_code == 400 and field in r.json()["error"]
+
+
 def test_allowed_models_are_enforced(app_client: TestClient) -> None:
     key = str(new_key(app_client, owner="carol", allowed_models=["dummy-echo"])["key"])
     ok = {**CHAT, "model": "dummy-echo"}

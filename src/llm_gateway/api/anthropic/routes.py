@@ -17,9 +17,10 @@ from starlette.routing import Route
 
 from llm_gateway.api.anthropic import convert, replies
 from llm_gateway.api.anthropic.events import EventWriter
-from llm_gateway.api.anthropic.schemas import CountTokensRequest, MessagesRequest
+from llm_gateway.api.anthropic.schemas import AnthropicError, CountTokensRequest, MessagesRequest
 from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply
 from llm_gateway.api.decode import decode_body
+from llm_gateway.api.openapi.operation import Operation
 from llm_gateway.api.typed_events import raise_failure, same, typed_stream
 from llm_gateway.core.service import Generation
 from llm_gateway.edge.responses import EventStream, JSONResponse, named_sse, read_body
@@ -76,6 +77,17 @@ fast_routes = {("POST", "/v1/messages"): create_message}
 
 error_shapes = {"/v1/messages": replies.error_body}
 """Anthropic's error body for /v1/messages and the paths under it."""
+
+error_schemas = {"/v1/messages": AnthropicError}
+"""The schema of ``error_shapes``' bodies, for /openapi.json."""
+
+_TAGS = ("Anthropic",)
+openapi_operations = (
+    Operation("POST", "/v1/messages", "Create a message", _TAGS, MessagesRequest, streams=SSE),
+    Operation("POST", "/v1/messages/count_tokens", "Count a message's tokens", _TAGS,
+              CountTokensRequest),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi)."""
 
 stream_kinds = {"anthropic.messages": StreamKind("/v1/messages", _message_stream)}
 """The stream of /v1/messages as event objects (api.websocket)."""

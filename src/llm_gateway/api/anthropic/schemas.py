@@ -9,7 +9,7 @@ refused in convert.py with a 400 naming them. Spec: Anthropic API reference,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -90,3 +90,15 @@ class CountTokensRequest(msgspec.Struct):
     tools: list[ToolParam] | None = None
     tool_choice: ToolChoiceParam | None = None
     thinking: ThinkingParam | None = None
+
+
+class AnthropicErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicError(msgspec.Struct):
+    """The error body on /v1/messages (replies.error_body), as /openapi.json documents it."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail

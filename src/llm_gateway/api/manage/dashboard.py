@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from llm_gateway.api.openapi.operation import Operation
+
 PUBLIC_PAGES = frozenset({"/dashboard", "/dashboard/"})
 
 
@@ -40,3 +42,11 @@ async def dashboard(request: Request) -> Response:
 
 
 routes = [Route("/dashboard", dashboard, methods=["GET"]), Route("/dashboard/", dashboard)]
+
+openapi_operations = (
+    Operation("GET", "/dashboard", "The admin dashboard page", ("Operations",),
+              produces="text/html"),
+    Operation("GET", "/dashboard/", "Redirects to /dashboard", ("Operations",),
+              status=308, produces=None),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi)."""

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llm_gateway.api.openapi.operation import Operation
 from llm_gateway.edge.responses import JSONResponse
 from llm_gateway.state import GatewayState
 from llm_gateway.version import __version__
@@ -77,3 +78,13 @@ routes = [
     Route("/ready", ready, methods=["GET", "HEAD"]),
     Route("/live", live, methods=["GET", "HEAD"]),
 ]
+
+_TAGS = ("Operations",)
+openapi_operations = (
+    Operation("GET", "/", "The gateway, its models and links", _TAGS),
+    Operation("GET", "/health", "Health of the engines and the store", _TAGS, also=(503,)),
+    Operation("GET", "/ready", "Ready to serve (503 while starting or draining)", _TAGS,
+              also=(503,)),
+    Operation("GET", "/live", "The process is alive", _TAGS),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi); HEAD is served wherever GET is."""

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from llm_gateway.api.context import RequestContext
 from llm_gateway.api.decode import decode_body
+from llm_gateway.api.openapi.operation import Operation, query
 from llm_gateway.auth.keys import ApiKey, NewKey
 from llm_gateway.core.principal import Principal
 from llm_gateway.edge.responses import JSONResponse
@@ -35,11 +36,19 @@ class KeyLimits(ModelLimits, forbid_unknown_fields=True):
     """Overrides for single models; requests to such a model are counted on their own."""
 
 
+MAX_LIMIT = 2**31 - 1
+"""The largest limit the key store holds (an INTEGER column on PostgreSQL)."""
+
+
 def _checked(limits: ModelLimits, where: str) -> Limits:
     for name in ("requests_per_minute", "tokens_per_minute", "concurrent_requests"):
         value = getattr(limits, name)
         if value is not None and value < 0:
             raise InvalidRequest(f"'{where}{name}' must not be negative", param=f"{where}{name}")
+        if value is not None and value > MAX_LIMIT:
+            raise InvalidRequest(
+                f"'{where}{name}' must be at most {MAX_LIMIT}", param=f"{where}{name}"
+            )
     return Limits(limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_requests)
 
 
@@ -62,7 +71,12 @@ def _new_key(body: CreateKey, caller: Principal) -> NewKey:
     if body.expires_in_days is not None:
         if body.expires_in_days <= 0:
             raise InvalidRequest("'expires_in_days' must be positive", param="expires_in_days")
-        expires = datetime.now(UTC) + timedelta(days=body.expires_in_days)
+        try:
+            expires = datetime.now(UTC) + timedelta(days=body.expires_in_days)
+        except OverflowError:  # past datetime's year 9999
+            raise InvalidRequest(
+                "'expires_in_days' is too large", param="expires_in_days"
+            ) from None
     if expires is not None and expires.tzinfo is None:
         raise InvalidRequest("'expires_at' needs a time zone (e.g. ...Z)", param="expires_at")
     limits = body.limits or KeyLimits()
@@ -126,3 +140,13 @@ routes = [
     Route("/api/keys/{key_id}", get_key, methods=["GET"]),
     Route("/api/keys/{key_id}", revoke_key, methods=["DELETE"]),
 ]
+
+_TAGS = ("API keys",)
+openapi_operations = (
+    Operation("POST", "/api/keys", "Create an API key", _TAGS, CreateKey, status=201, admin=True),
+    Operation("GET", "/api/keys", "List API keys (an admin may filter by owner)", _TAGS,
+              query=query("owner")),
+    Operation("GET", "/api/keys/{key_id}", "One API key", _TAGS),
+    Operation("DELETE", "/api/keys/{key_id}", "Revoke an API key", _TAGS),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi)."""

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llm_gateway.api.context import RequestContext
+from llm_gateway.api.openapi.operation import Operation, query
 from llm_gateway.core.principal import Principal
 from llm_gateway.edge.auth import principal_of
 from llm_gateway.edge.responses import JSONResponse
@@ -135,3 +136,18 @@ routes = [
     Route("/api/admin/stats", admin_stats, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]
+
+_TAGS = ("Usage",)
+_RANGE = query("since", "until")  # epoch seconds or ISO 8601 (parse_time)
+openapi_operations = (
+    Operation("GET", "/api/stats", "The caller's usage summary", _TAGS,
+              query={**_RANGE, **query("user", "key_id")}),
+    Operation("GET", "/api/stats/detailed", "The caller's usage as a time series", _TAGS,
+              query={**_RANGE, **query("user", "key_id"),
+                     "bucket": {"enum": ["minute", "hour", "day"]}}),
+    Operation("GET", "/api/admin/stats", "Usage of every key, the engines' health", _TAGS,
+              query=_RANGE, admin=True),
+    Operation("GET", "/metrics", "Prometheus metrics", ("Operations",),
+              produces="text/plain"),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi)."""

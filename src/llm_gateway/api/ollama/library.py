@@ -21,12 +21,12 @@ from starlette.routing import Route
 from llm_gateway.api.context import RequestContext
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.ollama.schemas import CopyRequest, CreateRequest, DeleteRequest, PullRequest
+from llm_gateway.api.openapi.operation import NDJSON, Operation
 from llm_gateway.core.library import ModelLibrary
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, ndjson, read_body
 from llm_gateway.errors import InvalidRequest, ModelNotFound, NotFound
 
-NDJSON = "application/x-ndjson"
 _UNSUPPORTED = ("files", "adapters", "template", "system", "parameters", "messages", "modelfile")
 
 
@@ -130,3 +130,16 @@ routes = [
     Route("/api/delete", delete, methods=["DELETE"]),
     Route("/api/pull", pull, methods=["POST"]),
 ]
+
+_TAGS = ("Ollama",)
+openapi_operations = (
+    Operation("POST", "/api/create", "Make a model from a served one or a GGUF file",
+              _TAGS, CreateRequest, streams=NDJSON, admin=True),
+    Operation("POST", "/api/copy", "Copy a model under another name", _TAGS, CopyRequest,
+              produces=None, admin=True),
+    Operation("DELETE", "/api/delete", "Delete a model made here", _TAGS, DeleteRequest,
+              produces=None, admin=True),
+    Operation("POST", "/api/pull", "Pull (only models served here already)", _TAGS,
+              PullRequest, streams=NDJSON),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi)."""

@@ -22,8 +22,10 @@ from llm_gateway.api.ollama.schemas import (
     EmbedRequest,
     GenerateRequest,
     LegacyEmbeddingsRequest,
+    OllamaError,
     ShowRequest,
 )
+from llm_gateway.api.openapi.operation import Operation
 from llm_gateway.core.registry import ModelEntry
 from llm_gateway.core.residency import Resident
 from llm_gateway.core.service import Generation, merge_tool_calls
@@ -224,6 +226,26 @@ fast_routes = {("POST", "/api/generate"): generate, ("POST", "/api/chat"): chat}
 
 error_shapes = {"/api": convert.error_body}
 """Ollama's error body for every path under /api (the management API's too)."""
+
+error_schemas = {"/api": OllamaError}
+"""The schema of ``error_shapes``' bodies, for /openapi.json."""
+
+_TAGS = ("Ollama",)
+openapi_operations = (
+    Operation("POST", "/api/generate", "Generate (streams NDJSON unless stream is false)",
+              _TAGS, GenerateRequest, streams=NDJSON),
+    Operation("POST", "/api/chat", "Chat (streams NDJSON unless stream is false)",
+              _TAGS, ChatRequest, streams=NDJSON),
+    Operation("POST", "/api/embed", "Embeddings", _TAGS, EmbedRequest),
+    Operation("POST", "/api/embeddings", "Embeddings (the older endpoint)", _TAGS,
+              LegacyEmbeddingsRequest),
+    Operation("GET", "/api/tags", "List the models", _TAGS),
+    Operation("GET", "/api/models", "List the models (same as /api/tags)", _TAGS),
+    Operation("POST", "/api/show", "One model's details", _TAGS, ShowRequest),
+    Operation("GET", "/api/ps", "The models loaded now", _TAGS),
+    Operation("GET", "/api/version", "The gateway's version", _TAGS),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi)."""
 
 stream_kinds = {
     "ollama.chat": StreamKind("/api/chat", _chat_stream),

@@ -130,3 +130,9 @@ class PullRequest(msgspec.Struct):
     name: str = ""
     insecure: bool | None = None
     stream: bool | None = None
+
+
+class OllamaError(msgspec.Struct):
+    """The error body on /api (convert.error_body), as /openapi.json documents it."""
+
+    error: str

@@ -30,7 +30,9 @@ from llm_gateway.api.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingsRequest,
+    OpenAIError,
 )
+from llm_gateway.api.openapi.operation import Operation
 from llm_gateway.core.service import Generation
 from llm_gateway.edge.render import as_gateway_error
 from llm_gateway.edge.responses import EventStream, JSONResponse, read_body, sse
@@ -197,6 +199,21 @@ fast_routes = {
 
 error_shapes = {"/v1": replies.error_body}
 """OpenAI's error body for every path under /v1."""
+
+error_schemas = {"/v1": OpenAIError}
+"""The schema of ``error_shapes``' bodies, for /openapi.json."""
+
+_TAGS = ("OpenAI",)
+openapi_operations = (
+    Operation("POST", "/v1/chat/completions", "Chat completion", _TAGS,
+              ChatCompletionRequest, streams=SSE),
+    Operation("POST", "/v1/completions", "Text completion", _TAGS,
+              CompletionRequest, streams=SSE),
+    Operation("POST", "/v1/embeddings", "Embeddings", _TAGS, EmbeddingsRequest),
+    Operation("GET", "/v1/models", "List the models", _TAGS),
+    Operation("GET", "/v1/models/{model:path}", "One model", _TAGS),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi)."""
 
 stream_kinds = {
     "openai.chat": StreamKind("/v1/chat/completions", _chat_stream),

@@ -103,3 +103,16 @@ class EmbeddingsRequest(msgspec.Struct):
     encoding_format: str | None = None
     dimensions: int | None = None
     user: str | None = None
+
+
+class OpenAIErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(msgspec.Struct):
+    """The error body on /v1 (replies.error_body), as /openapi.json documents it."""
+
+    error: OpenAIErrorDetail

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from llm_gateway.api.context import Event, RequestContext, Streaming, StreamKind, reply
 from llm_gateway.api.decode import decode_body
+from llm_gateway.api.openapi.operation import Operation
 from llm_gateway.api.responses import convert, replies
 from llm_gateway.api.responses.events import EventWriter, event_object
 from llm_gateway.api.responses.schemas import ResponsesRequest
@@ -148,6 +149,14 @@ routes = [
 ]
 
 fast_routes = {("POST", "/v1/responses"): create_response}
+
+_TAGS = ("OpenAI Responses",)
+openapi_operations = (
+    Operation("POST", "/v1/responses", "Create a response", _TAGS, ResponsesRequest, streams=SSE),
+    Operation("GET", "/v1/responses/{response_id}", "A stored response", _TAGS),
+    Operation("DELETE", "/v1/responses/{response_id}", "Delete a stored response", _TAGS),
+)
+"""These routes in /openapi.json (api.openapi)."""
 
 stream_kinds = {"openai.responses": StreamKind("/v1/responses", _response_stream)}
 """The stream of /v1/responses as event objects (api.websocket)."""

@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from llm_gateway.api.context import StreamKind
+from llm_gateway.api.openapi.operation import Operation
 from llm_gateway.api.websocket.session import Endpoint, Session
 from llm_gateway.edge.render import ErrorBody
 from llm_gateway.state import GatewayState
@@ -29,3 +30,15 @@ def routes(kinds: Mapping[str, StreamKind], shape: Callable[[str], ErrorBody]) -
         await Session(ws, GatewayState.of(ws), endpoint).run()
 
     return [WebSocketRoute(PATH, serve)]
+
+
+openapi_operations = (
+    Operation("GET", PATH, "WebSocket: streams of every protocol on one connection",
+              ("WebSocket",), status=101, produces=None,
+              description="A WebSocket upgrade (RFC 6455), not a plain GET: send "
+              "`Connection: Upgrade`, `Upgrade: websocket`. Messages are JSON: "
+              '`{"type": "request", "id", "protocol": "openai.chat", "body": {...}}`, '
+              '`cancel`, '
+              "`auth`; see docs/api.md."),
+)  # fmt: skip
+"""This route in /openapi.json (api.openapi)."""

@@ -22,6 +22,7 @@ from llm_gateway.api.context import RequestContext
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.openai.batch.lines import ENDPOINTS
 from llm_gateway.api.openai.batch.runner import caller_of
+from llm_gateway.api.openapi.operation import Operation, query
 from llm_gateway.edge.responses import JSONResponse, read_body
 from llm_gateway.errors import Conflict, InvalidRequest, NotFound
 from llm_gateway.store.batches import BatchStore
@@ -225,3 +226,31 @@ routes = [
     Route("/v1/batches/{batch_id}", get_batch, methods=["GET"]),
     Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
 ]
+
+_TAGS = ("OpenAI Batch",)
+_UPLOAD = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+        "purpose": {"type": "string", "enum": ["batch"]},
+    },
+}
+_PAGE: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
+    "after": {"type": "string"},
+}
+openapi_operations = (
+    Operation("POST", "/v1/files", "Upload a batch input file (JSONL)", _TAGS, form=_UPLOAD),
+    Operation("GET", "/v1/files", "List files", _TAGS,
+              query={**_PAGE, **query("purpose"), "order": {"enum": ["asc", "desc"]}}),
+    Operation("GET", "/v1/files/{file_id}", "One file", _TAGS),
+    Operation("DELETE", "/v1/files/{file_id}", "Delete a file", _TAGS),
+    Operation("GET", "/v1/files/{file_id}/content", "A file's content", _TAGS,
+              produces="application/octet-stream"),
+    Operation("POST", "/v1/batches", "Create a batch", _TAGS, BatchCreate),
+    Operation("GET", "/v1/batches", "List batches", _TAGS, query=_PAGE),
+    Operation("GET", "/v1/batches/{batch_id}", "One batch", _TAGS),
+    Operation("POST", "/v1/batches/{batch_id}/cancel", "Cancel a batch", _TAGS),
+)  # fmt: skip
+"""These routes in /openapi.json (api.openapi)."""
