@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -199,9 +200,11 @@ def create_app(settings: Settings) -> GatewayApp:
         async with lifecycle.run(state, pool), _grpc(state), BatchRunner(state).running():
             yield
 
-    document = build_document(
-        OPERATIONS, ERROR_SCHEMAS, public_paths(settings), settings.auth, __version__
-    )
+    public = public_paths(settings)
+
+    def document() -> dict[str, Any]:
+        return build_document(OPERATIONS, ERROR_SCHEMAS, public, settings.auth, __version__)
+
     app = GatewayApp(
         routes=[
             *ROUTES,

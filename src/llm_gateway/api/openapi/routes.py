@@ -10,6 +10,7 @@ page asks for a key (Authorize) only to try requests out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,18 @@ openapi_operations = (
 """These routes in /openapi.json (api.openapi)."""
 
 
-def routes(document: dict[str, Any]) -> list[BaseRoute]:
-    """The routes serving ``document``, encoded here, once."""
+def routes(build: Callable[[], dict[str, Any]]) -> list[BaseRoute]:
+    """The routes serving the document ``build()`` makes: made and encoded on the first
+    request, once (it takes ~20 ms, which start-up need not pay)."""
     from swagger_ui_bundle import swagger_ui_path  # a path in the installed package
 
-    encoded = orjson.dumps(document)
+    encoded: list[bytes] = []
     folder = Path(str(swagger_ui_path))
 
     async def openapi_json(request: Request) -> Response:
-        return Response(encoded, media_type="application/json")
+        if not encoded:
+            encoded.append(orjson.dumps(build()))
+        return Response(encoded[0], media_type="application/json")
 
     async def docs(request: Request) -> Response:
         return Response(PAGE, media_type="text/html", headers=PAGE_HEADERS)
