@@ -88,16 +88,16 @@ async def create(request: Request) -> Response | EventStream:
 
 
 async def copy(request: Request) -> Response:
-    ctx = RequestContext.of(request)
+    library = _library(RequestContext.of(request))  # admin first, then the body
     body = decode_body(await read_body(request), CopyRequest)
-    await _library(ctx).copy(body.source, body.destination)
+    await library.copy(body.source, body.destination)
     return Response(status_code=200)
 
 
 async def delete(request: Request) -> Response:
-    ctx = RequestContext.of(request)
+    library = _library(RequestContext.of(request))  # admin first, then the body
     body = decode_body(await read_body(request), DeleteRequest)
-    await _library(ctx).delete(body.model or body.name)
+    await library.delete(body.model or body.name)
     return Response(status_code=200)
 
 
