@@ -35,6 +35,7 @@ from llm_gateway.core.registry import build_registry
 from llm_gateway.core.service import InferenceService
 from llm_gateway.edge.auth import ALLOWLIST, AuthMiddleware
 from llm_gateway.edge.body_limit import BodyLimit
+from llm_gateway.edge.cors import cors_middleware
 from llm_gateway.edge.fast_routes import FastRoutes
 from llm_gateway.edge.render import ErrorRenderer
 from llm_gateway.edge.usage_middleware import UsageMiddleware
@@ -118,9 +119,10 @@ def public_paths(settings: Settings) -> frozenset[str]:
 def build_middleware(
     settings: Settings, state: GatewayState, errors: ErrorRenderer
 ) -> list[Middleware]:
-    """The middleware stack, outermost first."""
+    """The middleware stack, outermost first; CORS (when configured) outside the rest."""
     public = public_paths(settings)
     return [
+        *cors_middleware(settings, (op.method for op in OPERATIONS)),
         Middleware(UsageMiddleware, recorder=lambda: state.recorder),
         Middleware(
             BodyLimit,

@@ -10,15 +10,19 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llm_gateway.machine import usable_cpus, usable_memory
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Quantization = Literal["none", "q4_0", "q4_1", "q8_0"]
+Names = Annotated[tuple[str, ...], NoDecode]
+"""A list setting, given comma-separated (``a,b``) in the environment and on the command line."""
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+"""An origin as a browser sends it: scheme://host[:port], no path, no trailing slash."""
 
 
 def default_data_dir() -> Path:
@@ -106,6 +110,37 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = Field(None, description="Required `iss` of JWTs, when set.")
     jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, when set.")
     jwt_leeway_s: int = Field(30, ge=0, description="Clock skew allowed on exp, nbf and iat.")
+
+    # --- browsers (CORS) ----------------------------------------------------------
+    cors_origins: Names = Field(
+        (),
+        description="Origins (https://app.example.com, comma-separated; * for any) whose web "
+        "pages may call the gateway from a browser (CORS); empty: no CORS headers at all.",
+    )
+    cors_allow_headers: Names = Field(
+        ("*",),
+        description="Request headers those pages may send (comma-separated); *: any they ask "
+        "for in a preflight (the SDKs send headers of their own).",
+    )
+
+    @field_validator("cors_origins", "cors_allow_headers", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        origins = tuple(o.lower() for o in origins)  # as browsers serialize them
+        for origin in origins:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"'{origin}' is not an origin: write scheme://host[:port], as a browser "
+                    "sends it (no path, no trailing slash)"
+                )
+        return origins
 
     # --- rate limits ------------------------------------------------------------
     redis_url: str | None = Field(
