@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -262,8 +263,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def upstream(kind: Kind, cue: Cue | None = None) -> Iterator[tuple[str, Cue]]:
-    """A running upstream: (base URL as the models file wants it, its cue)."""
+def upstream(
+    kind: Kind, cue: Cue | None = None, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, Cue]]:
+    """A running upstream: (base URL as the models file wants it, its cue); https with ``tls``."""
     cue = cue or Cue()
     server = _Server(kind, cue)
     port = free_port()
@@ -274,14 +277,15 @@ def upstream(kind: Kind, cue: Cue | None = None) -> Iterator[tuple[str, Cue]]:
     def run() -> None:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start())
         started.set()
         loop.run_forever()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert started.wait(10), "upstream did not start"
-    base = f"http://127.0.0.1:{port}" + ("" if kind == "ollama" else "/v1")
+    scheme = "https" if tls else "http"
+    base = f"{scheme}://127.0.0.1:{port}" + ("" if kind == "ollama" else "/v1")
     try:
         yield base, cue
     finally:

@@ -30,7 +30,7 @@ import yaml
 
 from llm_gateway.backends.registry import BackendKinds
 from llm_gateway.backends.spec import ModelSpec
-from llm_gateway.backends.upstream.config import Timeouts, UpstreamSpec
+from llm_gateway.backends.upstream.config import Timeouts, Tls, UpstreamSpec
 from llm_gateway.engine.placement import parse_gpu_layers, parse_tensor_split
 from llm_gateway.errors import ConfigError
 from llm_gateway.limits.base import NO_LIMITS, Limits
@@ -61,6 +61,12 @@ class _FileTimeouts(msgspec.Struct, forbid_unknown_fields=True):
     total: Annotated[float, msgspec.Meta(gt=0)] = 600.0
 
 
+class _FileTls(msgspec.Struct, forbid_unknown_fields=True):
+    ca_bundle: str | None = None  # PEM file of the CAs to trust instead of the system's
+    client_cert: str | None = None  # PEM certificate (chain) for mutual TLS
+    client_key: str | None = None  # its key, when not in client_cert's file
+
+
 class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     backend: str = "engine"
@@ -74,6 +80,8 @@ class _FileModel(msgspec.Struct, forbid_unknown_fields=True):
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 256
     weights: list[Annotated[float, msgspec.Meta(gt=0)]] = []
     retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    tls: _FileTls | None = None
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] | None = None  # default max_concurrency
     fallbacks: list[str] = []
     aliases: list[str] = []
     ctx_size: int | None = None
@@ -239,4 +247,6 @@ def _upstream(m: _FileModel, config: Path, upstream: bool) -> UpstreamSpec | Non
         max_concurrency=m.max_concurrency,
         weights=tuple(m.weights),
         retries=m.retries,
+        tls=Tls(**msgspec.structs.asdict(m.tls)).context(f"model '{m.name}'") if m.tls else None,
+        max_connections=m.max_connections or m.max_concurrency,
     )

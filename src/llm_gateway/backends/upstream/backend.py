@@ -44,8 +44,9 @@ from llm_gateway.backends.upstream.reading import (
     status_error,
 )
 from llm_gateway.backends.upstream.replicas import BREAKER_COOLDOWN_S, Replica
+from llm_gateway.backends.upstream.transport import check_header
 from llm_gateway.backends.upstream.wire import UpstreamStreamError
-from llm_gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
+from llm_gateway.errors import ConfigError, InvalidRequest, UpstreamError, UpstreamUnavailable
 from llm_gateway.types import Chunk, EmbeddingRequest, Embeddings, GenerationRequest, ModelDetails
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,12 @@ class UpstreamBackend:
         try:
             async with asyncio.timeout(connect_s + 2):
                 resp = await self.pool.client.request(
-                    "GET", replica.url + path, headers=self._headers, connect_timeout_s=connect_s
+                    "GET",
+                    replica.url + path,
+                    headers=self._headers,
+                    connect_timeout_s=connect_s,
+                    tls=self.spec.tls,
+                    max_connections=self.spec.max_connections,
                 )
                 async with resp:
                     ok = resp.status < 500
@@ -287,6 +293,8 @@ class UpstreamBackend:
                 headers=self._post_headers,
                 connect_timeout_s=self.spec.timeouts.connect_s,
                 deadline=min(headers_by, deadline),
+                tls=self.spec.tls,
+                max_connections=self.spec.max_connections,
             )
         except OSError as exc:  # connection errors and timeouts: nothing reached the client
             raise Retryable(describe(exc)) from exc
@@ -324,4 +332,10 @@ def _headers(spec: UpstreamSpec, wire: Wire) -> dict[str, str]:
     """The kind's headers, and the key from the environment variable the models file
     names in the kind's auth header (Authorization: Bearer, or x-api-key)."""
     key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-    return {**wire.headers, **(wire.auth(key) if key else {})}
+    headers = {**wire.headers, **(wire.auth(key) if key else {})}
+    for name, value in headers.items():
+        try:
+            check_header(name, value)
+        except ValueError as exc:
+            raise ConfigError(f"{spec.api_key_env}: {exc} (a stray newline?)") from exc
+    return headers

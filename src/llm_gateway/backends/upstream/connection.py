@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -71,6 +72,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.response: ResponseSink | None = None
+        self.on_closed: Callable[[], None] | None = None  # the pool's count of open ones
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,6 +94,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_closed is not None:
+            self.on_closed()
+            self.on_closed = None
         response = self.response
         if response is not None and not response.complete:
             if response.headers_done and response.until_close:

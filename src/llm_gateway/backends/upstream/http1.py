@@ -15,7 +15,13 @@ more, with httptools (llhttp, the parser uvicorn uses) doing the parsing:
 * the body read whole (``read``) or line by line as it arrives (``readline``,
   for server-sent events and NDJSON), with flow control: a reader that falls
   behind pauses the socket instead of buffering without bound;
-* ``https://`` through the standard ``ssl`` module, with system certificates.
+* ``https://`` through the standard ``ssl`` module, with system certificates
+  or an upstream's own CA bundle and client certificate (``transport.Tls``);
+* the environment's proxies (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``:
+  ``transport.ProxyTable``), absolute-form for ``http://``, a CONNECT tunnel
+  for ``https://``;
+* a cap on open connections per origin (``max_connections``; ``transport.Slots``);
+* header values with CR, LF or NUL refused (``ValueError``), never sent.
 
 Errors are ``OSError``s: ``ConnectionError`` for a connection that fails or
 closes early, ``HttpProtocolError`` for an answer that is not HTTP,
@@ -34,7 +40,11 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-from llm_gateway.backends.upstream.connection import Connection, parse_url
+from llm_gateway.backends.upstream.config import Origin, ProxyTable
+from llm_gateway.backends.upstream.connection import Connection, Target, parse_url
+from llm_gateway.backends.upstream.transport import Slots, check_header, tunnel
+
+PoolKey = tuple[Origin, ssl.SSLContext | None]
 
 IDLE_S = 4.0
 """An idle connection older than this is closed instead of reused."""
@@ -49,7 +59,7 @@ LOW_WATER = 1 << 16
 class HttpResponse:
     """An upstream's answer: status and headers at once, the body as it comes."""
 
-    def __init__(self, client: HttpClient, conn: Connection, origin: tuple[str, str, int]) -> None:
+    def __init__(self, client: HttpClient, conn: Connection, origin: PoolKey) -> None:
         self._client = client
         self._conn = conn
         self._origin = origin
@@ -206,13 +216,19 @@ class HttpResponse:
 
 
 class HttpClient:
-    """Keep-alive pools by origin; see the module docstring."""
+    """Keep-alive pools by origin (and TLS setting); see the module docstring."""
 
     def __init__(
-        self, *, user_agent: str = "llm-gateway", tls: ssl.SSLContext | None = None
+        self,
+        *,
+        user_agent: str = "llm-gateway",
+        tls: ssl.SSLContext | None = None,
+        proxies: ProxyTable | None = None,
     ) -> None:
-        self._idle: dict[tuple[str, str, int], deque[Connection]] = {}
+        self._idle: dict[PoolKey, deque[Connection]] = {}
+        self._slots: dict[PoolKey, Slots] = {}
         self._ssl = tls  # None: the system's certificates (SSL_CERT_FILE and _DIR apply)
+        self._proxies = proxies if proxies is not None else ProxyTable()
         self._agent = user_agent.encode()
         self._closed = False
 
@@ -225,24 +241,23 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         connect_timeout_s: float = 10.0,
         deadline: float | None = None,
+        tls: ssl.SSLContext | None = None,
+        max_connections: int = 0,
     ) -> HttpResponse:
         """Send a request and return once its status and headers have arrived.
 
         ``deadline`` (event-loop time) bounds the wait for the headers and, until
-        moved with ``set_deadline``, for the rest of the answer.
+        moved with ``set_deadline``, for the rest of the answer. ``tls``: this
+        upstream's own SSL context (None: the client's); ``max_connections``: the
+        cap on open connections to its origin (0: none).
         """
         target = parse_url(url)
-        conn = await self._connection(target.origin, connect_timeout_s)
-        head = [
-            method.encode(), b" ", target.path, b" HTTP/1.1\r\nHost: ", target.host_header,
-            b"\r\nUser-Agent: ", self._agent, b"\r\nAccept-Encoding: identity\r\n",
-        ]  # fmt: skip
-        if headers:
-            for name, value in headers.items():
-                head += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        key: PoolKey = (target.origin, tls)
+        head = self._head(method, target, headers)
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))
         head.append(body)
-        response = HttpResponse(self, conn, target.origin)
+        conn = await self._connection(key, connect_timeout_s, max_connections)
+        response = HttpResponse(self, conn, key)
         if deadline is not None:
             response.set_deadline(deadline)
         conn.start(b"".join(head), response)
@@ -253,22 +268,71 @@ class HttpClient:
             raise
         return response
 
-    async def _connection(self, origin: tuple[str, str, int], timeout_s: float) -> Connection:
-        idle = self._idle.get(origin)
-        if idle:
-            now = time.monotonic()
-            while idle:
-                conn = idle.pop()  # the most recently used: least likely to be closing
-                if conn.closed or now - conn.idle_since > IDLE_S:
-                    conn.close()
-                    continue
+    def _head(self, method: str, target: Target, headers: Mapping[str, str] | None) -> list[bytes]:
+        proxy = self._proxies.for_origin(target.origin) if target.origin[0] == "http" else None
+        path = target.path if proxy is None else b"http://" + target.host_header + target.path
+        head = [
+            method.encode(), b" ", path, b" HTTP/1.1\r\nHost: ", target.host_header,
+            b"\r\nUser-Agent: ", self._agent, b"\r\nAccept-Encoding: identity\r\n",
+        ]  # fmt: skip
+        if proxy is not None and proxy.authorization:
+            head += (b"Proxy-Authorization: ", proxy.authorization, b"\r\n")
+        if headers:
+            for name, value in headers.items():
+                check_header(name, value)
+                head += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        return head
+
+    async def _connection(self, key: PoolKey, timeout_s: float, cap: int) -> Connection:
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = Slots(cap)
+        while True:
+            conn = self._idle_connection(key)
+            if conn is not None:
                 return conn
-        if self._closed:
-            raise ConnectionError("the HTTP client is closed")
-        scheme, host, port = origin
+            if self._closed:
+                raise ConnectionError("the HTTP client is closed")
+            if not slots.full:
+                break
+            async with asyncio.timeout(timeout_s):  # waiting for a free slot counts as connecting
+                await slots.wait()
+        slots.open += 1
+        try:
+            conn = await self._open(key, timeout_s)
+        except BaseException:
+            slots.open -= 1
+            slots.wake_one()
+            raise
+        conn.on_closed = lambda: self._closed_one(slots)
+        return conn
+
+    def _idle_connection(self, key: PoolKey) -> Connection | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()  # the most recently used: least likely to be closing
+            if conn.closed or now - conn.idle_since > IDLE_S:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    @staticmethod
+    def _closed_one(slots: Slots) -> None:
+        slots.open -= 1
+        slots.wake_one()
+
+    async def _open(self, key: PoolKey, timeout_s: float) -> Connection:
+        (scheme, host, port), tls = key
         loop = asyncio.get_running_loop()
-        context = self._tls() if scheme == "https" else None
+        context = (tls or self._tls()) if scheme == "https" else None
+        proxy = self._proxies.for_origin(key[0])
         async with asyncio.timeout(timeout_s):
+            if proxy is not None and context is not None:
+                return await tunnel(proxy, host, port, context)
+            if proxy is not None:
+                host, port = proxy.host, proxy.port
             _, conn = await loop.create_connection(
                 Connection, host, port, ssl=context, server_hostname=host if context else None
             )
@@ -279,12 +343,15 @@ class HttpClient:
             self._ssl = ssl.create_default_context()
         return self._ssl
 
-    def _put_back(self, origin: tuple[str, str, int], conn: Connection) -> None:
+    def _put_back(self, key: PoolKey, conn: Connection) -> None:
         if self._closed or conn.closed:
             conn.close()
             return
         conn.idle_since = time.monotonic()
-        self._idle.setdefault(origin, deque()).append(conn)
+        self._idle.setdefault(key, deque()).append(conn)
+        slots = self._slots.get(key)
+        if slots is not None:
+            slots.wake_one()
 
     async def close(self) -> None:
         self._closed = True
