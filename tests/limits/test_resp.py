@@ -39,10 +39,11 @@ async def client() -> AsyncIterator[RespClient]:
 def test_urls() -> None:
     a = RedisAddress.from_url("redis://:s%40cret@db.example:6380/3")
     assert (a.host, a.port, a.db, a.username, a.password, a.tls) == (
-        "db.example", 6380, 3, None, "s@cret", False
+        "db.example", 6380, 3, None, "s@cret", None
     )  # fmt: skip
     a = RedisAddress.from_url("rediss://app:pw@cache/0")
-    assert (a.host, a.port, a.username, a.password, a.tls) == ("cache", 6379, "app", "pw", True)
+    assert (a.host, a.port, a.username, a.password) == ("cache", 6379, "app", "pw")
+    assert a.tls is not None and a.tls.verify
     a = RedisAddress.from_url("unix:///run/redis.sock?db=2")
     assert (a.path, a.db) == ("/run/redis.sock", 2)
     with pytest.raises(ValueError, match="not a Redis URL"):

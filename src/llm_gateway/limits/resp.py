@@ -14,8 +14,10 @@ after a lost reply the stream cannot be trusted to line up. The next command
 connects again. Nothing is retried here: the caller decides (a script that
 may have run must not run twice).
 
-URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
-``unix:///path/to/socket[?db=N]``.
+URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS (with
+a CA bundle and a client certificate where given), ``unix:///path/to/socket[?db=N]``
+and ``redis+sentinel://host:port,.../service`` (the master Sentinel names, asked
+again on every reconnect, so a failover is followed): ``redis_address``.
 """
 
 from __future__ import annotations
@@ -23,49 +25,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+from llm_gateway.limits.redis_address import RedisAddress
+
+__all__ = ["RedisAddress", "RespClient", "RespError", "pack"]
 
 
 class RespError(Exception):
     """An error reply from Redis (``-ERR ...``, ``-NOSCRIPT ...``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    """Where and how to connect, from a redis://, rediss:// or unix:// URL."""
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    path: str | None = None  # a unix socket
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"not a Redis URL (redis://, rediss:// or unix://): {url!r}")
-        query = parse_qs(parts.query)
-        db_text = (query.get("db") or [""])[0] or parts.path.lstrip("/") or "0"
-        if parts.scheme == "unix":
-            db_text = (query.get("db") or ["0"])[0]
-        if not db_text.isdigit():
-            raise ValueError(f"Redis database must be a number, got {db_text!r} in {url!r}")
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            path=parts.path if parts.scheme == "unix" else None,
-            db=int(db_text),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            tls=parts.scheme == "rediss",
-        )
 
 
 def pack(args: tuple[str | bytes | int, ...]) -> bytes:
@@ -126,6 +96,7 @@ class RespClient:
         self.timeout_s = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        self._ssl: ssl.SSLContext | None = None  # rediss: built on the first connect
 
     async def call(self, *args: str | bytes | int) -> Any:
         """Send one command, wait for its reply (at most ``timeout_s``)."""
@@ -165,23 +136,21 @@ class RespClient:
             connecting.exception()  # retrieved: a failed connect is the callers' to see
 
     async def _connect(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
         a = self.address
         protocol: _Protocol | None = None
         try:
+            host, port = await self._master() if a.sentinels else (a.host, a.port)
             async with asyncio.timeout(self.timeout_s):
-                if a.path is not None:
-                    _, protocol = await loop.create_unix_connection(_Protocol, a.path)
-                else:
-                    context = ssl.create_default_context() if a.tls else None
-                    _, protocol = await loop.create_connection(
-                        _Protocol, a.host, a.port, ssl=context
-                    )
+                protocol = await self._open(host, port)
                 if a.password is not None:
                     user = (a.username,) if a.username else ()
                     await RespClient._setup_call(protocol, ("AUTH", *user, a.password))
                 if a.db:
                     await RespClient._setup_call(protocol, ("SELECT", a.db))
+                if a.sentinels:
+                    role = await RespClient._setup_call(protocol, ("ROLE",))
+                    if not role or role[0] != b"master":
+                        raise ConnectionError(f"Sentinel's master {host}:{port} is not a master")
         except BaseException:
             if protocol is not None:
                 protocol.fail(ConnectionError("Redis connection set-up failed"))
@@ -189,14 +158,48 @@ class RespClient:
         self._protocol = protocol
         return protocol
 
+    async def _open(self, host: str, port: int) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self.address.path is not None:
+            _, protocol = await loop.create_unix_connection(_Protocol, self.address.path)
+            return protocol
+        if self._ssl is None and self.address.tls is not None:
+            self._ssl = self.address.tls.context()
+        _, protocol = await loop.create_connection(_Protocol, host, port, ssl=self._ssl)
+        return protocol
+
+    async def _master(self) -> tuple[str, int]:
+        """The master's address, from the first sentinel that knows it."""
+        a = self.address
+        errors = []
+        for host, port in a.sentinels:
+            protocol = None
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    protocol = await self._open(host, port)
+                    if a.sentinel_password:
+                        await RespClient._setup_call(protocol, ("AUTH", a.sentinel_password))
+                    command = ("SENTINEL", "get-master-addr-by-name", a.service or "")
+                    found = await RespClient._setup_call(protocol, command)
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                continue
+            finally:
+                if protocol is not None and protocol.transport is not None:
+                    protocol.transport.close()
+            if found:
+                return found[0].decode(), int(found[1])
+            errors.append(f"{host}:{port}: does not know {a.service!r}")
+        raise ConnectionError(f"no sentinel gave the master of {a.service!r}: {'; '.join(errors)}")
+
     @staticmethod
-    async def _setup_call(protocol: _Protocol, command: tuple[str | bytes | int, ...]) -> None:
+    async def _setup_call(protocol: _Protocol, command: tuple[str | bytes | int, ...]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         protocol.waiting.append(future)
         assert protocol.transport is not None
         protocol.transport.write(pack(command))
         try:
-            await future
+            return await future
         except RespError as exc:
             raise ConnectionError(f"Redis refused {command[0]!r}: {exc}") from None
 

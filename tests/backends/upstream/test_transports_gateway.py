@@ -18,8 +18,9 @@ from pathlib import Path
 import openai
 import yaml
 
-from tests.backends.upstream.test_transports import ForwardingProxy, Pki
+from tests.backends.upstream.test_transports import ForwardingProxy
 from tests.conftest import ADMIN_KEY, start_gateway
+from tests.pki import Pki
 from tests.upstreams import upstream
 
 
