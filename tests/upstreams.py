@@ -5,8 +5,10 @@ echoing the last user message one word per chunk (so tests know the text), or,
 asked for JSON under a schema, with one value that fits it (strings filled with
 that text),
 and obeys a ``Cue``: fail the next requests with given statuses, die after N
-chunks, wait before answering. It records every request it saw and whether a
-stream was cut off by the client. The Anthropic side is in tests/upstream_anthropic.py.
+chunks, wait before answering, or misbehave (``fault``: reset the connection,
+answer bytes that are no HTTP, or a 200 whose body is cut short). It records
+every request it saw and whether a stream was cut off by the client. The
+Anthropic side is in tests/upstream_anthropic.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +40,7 @@ class Cue:
     chunk_delay_s: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0  # streams the client cut off
+    fault: Literal["reset", "garbage", "truncated"] | None = None  # every request, once set
 
 
 def _words(body: dict[str, Any]) -> list[str]:
@@ -135,6 +139,9 @@ class _Server:
             return body, web.json_response(err, status=status)
         if self.cue.delay_s:
             await asyncio.sleep(self.cue.delay_s)
+        if self.cue.fault is not None:
+            _misbehave(request, body, self.cue.fault)
+            return body, web.Response(status=500)  # never reaches the client: it is gone
         return body, None
 
     async def _stream(
@@ -254,6 +261,31 @@ class _Server:
         lines.append(final)
         pieces = [orjson.dumps(line) + b"\n" for line in lines]
         return await self._stream(request, pieces, "application/x-ndjson")
+
+
+def _misbehave(request: web.Request, body: dict[str, Any], fault: str) -> None:
+    """Write a broken answer straight to the socket and close it: nothing (a reset),
+    bytes that are no HTTP, or a 200 cut short (JSON promising 400 bytes, or a
+    stream's first event and no end)."""
+    transport = request.transport
+    assert transport is not None
+    if fault == "garbage":
+        transport.write(b"\x00\x17garbage, not HTTP at all\r\n\r\n")
+    elif fault == "truncated" and body.get("stream"):
+        event = {"choices": [{"index": 0, "delta": {"content": "cut"}, "finish_reason": None}]}
+        chunk = b"data: " + orjson.dumps(event) + b"\n\n"
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        transport.write(head + b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+    elif fault == "truncated":
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        head += b"Content-Length: 400\r\n\r\n"
+        transport.write(head + b'{"choices": [{"index": 0, "mess')
+    else:  # reset: an RST rather than a FIN
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.close()
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,10 @@ REDIS = shutil.which("redis-server") or "redis-server"
 @contextmanager
 def redis_process(*args: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """A redis-server (or sentinel) with these arguments, once it accepts connections."""
-    proc = subprocess.Popen([REDIS, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(  # in a temp dir: a replica writes the master's RDB to its cwd
+        [REDIS, *args], cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -47,7 +51,10 @@ def redis_process(*args: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def _plain(port: int, *extra: str) -> list[str]:
-    return ["--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", *extra]
+    return [
+        "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
+        "--dir", tempfile.mkdtemp(prefix="gw-redis-"), *extra,
+    ]  # fmt: skip
 
 
 def _tls_args(pki: Pki, tls_port: int, auth_clients: str) -> list[str]:

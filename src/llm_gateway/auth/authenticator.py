@@ -5,7 +5,10 @@ store; anything else is verified as a JWT (``tokens``).
 
 Key lookups are cached in process for KEY_CACHE_TTL_S, which bounds how long a
 revoked key keeps working on any replica; a key in use is read again in the
-background shortly before its entry expires.
+background shortly before its entry expires. While the store cannot be read, a
+key that was valid when last read goes on working for up to KEY_STALE_S (its
+entry is extended a second at a time, logged); no key can be revoked meanwhile,
+since revoking writes to that same store.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ KEY_CACHE_TTL_S = 1.0
 KEY_REFRESH_AHEAD_S = 0.25
 """A key in use is read again in the background this long before its cache entry
 expires, so that its requests do not all wait for the store once a second."""
+KEY_STALE_S = 300.0
+"""How long a key last read as valid is still accepted while the store fails."""
 _KEY_CACHE_MAX = 10_000
 
 
@@ -56,6 +61,7 @@ class Authenticator:
         self.verifier = verifier
         self._cache: dict[bytes, tuple[Principal | None, float]] = {}
         self._loading: dict[bytes, asyncio.Future[Principal | None]] = {}
+        self._read_at: dict[bytes, float] = {}  # last successful read of a valid key
         self.used: set[str] = set()  # key ids seen since the last touch flush
 
     def cached(self, token: bytes) -> Principal | None:
@@ -123,18 +129,46 @@ class Authenticator:
 
     async def _load(self, digest: bytes, token: str) -> Principal | None:
         read_at = time.monotonic()  # the answer is this old, however long the read takes
-        key = await self.store.authenticate(token)
+        try:
+            key = await self.store.authenticate(token)
+        except Exception:
+            stale = self._stale(digest)
+            if stale is None:
+                raise
+            return stale
         principal = principal_from_key(key) if key is not None else None
         if len(self._cache) >= _KEY_CACHE_MAX:
             self._cache.clear()
+            self._read_at.clear()
         self._cache[digest] = (principal, read_at + KEY_CACHE_TTL_S)
+        if principal is not None:
+            self._read_at[digest] = read_at
         return principal
 
+    def _stale(self, digest: bytes) -> Principal | None:
+        """The store failed: the key's last valid reading, for another second, while it
+        is under KEY_STALE_S old; else None (the failure goes on to the caller: 503)."""
+        hit = self._cache.get(digest)
+        read_at = self._read_at.get(digest)
+        now = time.monotonic()
+        if hit is None or hit[0] is None or read_at is None or now - read_at > KEY_STALE_S:
+            return None
+        log.warning("the key store cannot be read; using a key read %.0f s ago", now - read_at)
+        self._cache[digest] = (hit[0], now + KEY_CACHE_TTL_S)
+        return hit[0]
+
     async def flush_usage(self) -> None:
-        """Write last-used times of the keys seen since the last call."""
+        """Write last-used times of the keys seen since the last call; when the store
+        fails they are kept for the next call and the failure is logged, not raised
+        (at shutdown it would keep the usage records from being written after it)."""
         used, self.used = self.used, set()
-        if used:
+        if not used:
+            return
+        try:
             await self.store.touch(sorted(used))
+        except Exception as exc:
+            self.used |= used
+            log.warning("could not record key use: %s: %s", type(exc).__name__, exc)
 
 
 def _digest(token: bytes) -> bytes:

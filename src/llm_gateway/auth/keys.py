@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_gateway.limits.base import Limits
+from llm_gateway.store.database import writing
 from llm_gateway.store.tables import api_keys
 
 PREFIX = "llmgw"
@@ -200,8 +201,9 @@ class KeyStore:
             "created_at": _now(),
             "expires_at": spec.expires_at,
         }
-        async with self.engine.begin() as conn:
-            await conn.execute(api_keys.insert().values(**values))
+        with writing("the key"):
+            async with self.engine.begin() as conn:
+                await conn.execute(api_keys.insert().values(**values))
         key = await self.get(key_id)
         assert key is not None
         return key, full
@@ -221,12 +223,13 @@ class KeyStore:
 
     async def revoke(self, key_id: str) -> ApiKey | None:
         """Mark a key revoked (idempotent); None if there is no such key."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                api_keys.update()
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=_now())
-            )
+        with writing("the revocation"):
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    api_keys.update()
+                    .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                    .values(revoked_at=_now())
+                )
         return await self.get(key_id)
 
     async def touch(self, key_ids: Sequence[str]) -> None:

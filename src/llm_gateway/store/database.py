@@ -15,6 +15,10 @@ revision, as ``alembic stamp head`` would.
 Replicas that start together on one PostgreSQL take turns through
 ``startup_lock`` (a session advisory lock), so only one of them migrates and
 creates the first admin key.
+
+A write the database refuses for want of room or of a connection (SQLite's
+"database or disk is full", PostgreSQL down) is raised as ``StoreUnavailable``
+(``writing``), a 503 that says why, not an internal error.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from llm_gateway.errors import NotReady
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,22 @@ _DRIVERS = {
     "postgres": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
 }
+
+
+class StoreUnavailable(NotReady):
+    """The store cannot take a write now (disk full, database unreachable): 503."""
+
+
+@contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Raise the database's operational failures in the block as StoreUnavailable,
+    naming ``what`` was being written and the driver's reason."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        log.error("cannot write %s: %s", what, reason)
+        raise StoreUnavailable(f"cannot store {what} now ({reason}); retry later") from exc
 
 
 def resolve_url(url: str | None, data_dir: Path) -> str:
