@@ -88,6 +88,13 @@ def test_a_full_disk_keeps_serving_and_writes_every_record_once_freed(
             made = httpx.post(f"{base}/api/keys", json={"name": "x", "owner": "x"}, headers=AUTH)
             assert made.status_code == 503, made.text
             assert "disk is full" in made.json()["error"], made.text  # /api/*: Ollama's shape
+            upload = client.post(
+                "/v1/files",
+                files={"file": ("input.jsonl", b'{"custom_id": "a"}\n' * 2000)},
+                data={"purpose": "batch"},
+            )
+            assert upload.status_code == 503, upload.text  # not a 500: the disk, not a bug
+            assert "retry later" in upload.json()["error"]["message"], upload.text
         assert proc.poll() is None
         filler.unlink()
         time.sleep(0.2)

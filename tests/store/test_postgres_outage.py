@@ -120,6 +120,7 @@ def test_a_postgres_outage_loses_no_request_and_no_usage_record(
             assert served_down > 20, "requests stopped being served while PostgreSQL was down"
             assert set(sent.values()) == {200}, sorted(set(sent.values()))
             assert health["usage_log"]["healthy"] is False
+            assert health["status"] == "degraded"  # serving, but usage waits in memory
             assert health["usage_log"]["buffered"] > 0
             assert ready.status_code == 200  # serving goes on: no reason to leave the pool
             assert made.status_code == 503, made.text  # a key needs the store: said so

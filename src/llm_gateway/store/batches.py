@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_gateway.store.database import transaction
 from llm_gateway.store.tables import batch_lines, batches
 
 UNFINISHED = ("validating", "in_progress", "finalizing", "cancelling")
@@ -64,7 +65,7 @@ class BatchStore:
             "caller": orjson.dumps(caller).decode(),
             "body": orjson.dumps(body).decode(),
         }
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the batch") as conn:
             await conn.execute(sa.insert(batches).values(row))
 
     async def _counted(self, conn: Any, body: dict[str, Any]) -> dict[str, Any]:
@@ -115,14 +116,14 @@ class BatchStore:
             batches.c.runner.is_(None), batches.c.runner == runner, batches.c.lease_until < now
         )
         query = sa.update(batches).where(batches.c.id == batch_id, free)
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the batch") as conn:
             done = await conn.execute(query.values(runner=runner, lease_until=now + lease_s))
             return bool(done.rowcount)
 
     async def release(self, batch_ids: list[str], runner: str) -> None:
         """Give back this runner's leases on these batches (it is stopping)."""
         query = sa.update(batches).where(batches.c.id.in_(batch_ids), batches.c.runner == runner)
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the batch") as conn:
             await conn.execute(query.values(runner=None, lease_until=None))
 
     async def owner(self, batch_id: str) -> str | None:
@@ -149,7 +150,7 @@ class BatchStore:
         if only_from is not None:
             query = query.where(batches.c.status.in_(only_from))
         values = {"status": body["status"], "body": orjson.dumps(body).decode()}
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the batch") as conn:
             return bool((await conn.execute(query.values(values))).rowcount)
 
     async def done_lines(self, batch_id: str) -> set[int]:
@@ -161,7 +162,7 @@ class BatchStore:
         """Keep a line's result, unless it has one already (see the module docstring)."""
         row = {"batch_id": batch_id, "line": line, "ok": ok, "body": orjson.dumps(body).decode()}
         try:
-            async with self.engine.begin() as conn:
+            async with transaction(self.engine, "the batch") as conn:
                 await conn.execute(sa.insert(batch_lines).values(row))
         except IntegrityError:
             pass

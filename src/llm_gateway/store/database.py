@@ -32,7 +32,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from llm_gateway.errors import NotReady
 
@@ -62,6 +62,14 @@ def writing(what: str) -> Iterator[None]:
         reason = getattr(exc, "orig", None) or exc
         log.error("cannot write %s: %s", what, reason)
         raise StoreUnavailable(f"cannot store {what} now ({reason}); retry later") from exc
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine, what: str) -> AsyncIterator[AsyncConnection]:
+    """``engine.begin()``, its operational failures raised as StoreUnavailable (``writing``)."""
+    with writing(what):
+        async with engine.begin() as conn:
+            yield conn
 
 
 def resolve_url(url: str | None, data_dir: Path) -> str:

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_gateway.store.database import transaction, writing
 from llm_gateway.store.tables import files
 
 PURPOSES = frozenset({"batch", "batch_output"})
@@ -55,7 +56,8 @@ class FileStore:
     ) -> dict[str, Any]:
         """Keep ``source`` (an open file, read to its end, or bytes) as a new file."""
         file_id = f"file-{secrets.token_hex(12)}"
-        size = await asyncio.to_thread(self._write, file_id, source)
+        with writing("the file"):  # a full disk is a 503, not an internal error
+            size = await asyncio.to_thread(self._write, file_id, source)
         row = {
             "id": file_id,
             "owner": owner,
@@ -64,18 +66,22 @@ class FileStore:
             "bytes": size,
             "created_at": time.time(),
         }
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the file") as conn:
             await conn.execute(sa.insert(files).values(row))
         return file_object(row)
 
     def _write(self, file_id: str, source: BinaryIO | bytes) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.directory / f".{file_id}.partial"
-        with partial.open("wb") as out:
-            if isinstance(source, bytes):
-                out.write(source)
-            else:
-                shutil.copyfileobj(source, out, 1 << 20)
+        try:
+            with partial.open("wb") as out:
+                if isinstance(source, bytes):
+                    out.write(source)
+                else:
+                    shutil.copyfileobj(source, out, 1 << 20)
+        except OSError:
+            partial.unlink(missing_ok=True)  # no half file left taking the room
+            raise
         partial.rename(self.path(file_id))
         return self.path(file_id).stat().st_size
 
@@ -103,7 +109,7 @@ class FileStore:
 
     async def delete(self, owner: str, file_id: str) -> bool:
         query = sa.delete(files).where(files.c.id == file_id, files.c.owner == owner)
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the file") as conn:
             deleted = bool((await conn.execute(query)).rowcount)
         if deleted:
             await asyncio.to_thread(self.path(file_id).unlink, True)

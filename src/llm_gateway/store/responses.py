@@ -19,6 +19,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_gateway.store.database import transaction
 from llm_gateway.store.tables import responses
 
 DEFAULT_RETENTION_S = 30 * 86_400.0
@@ -51,7 +52,7 @@ class ResponseStore:
             "context": orjson.dumps(context).decode(),
             "body": orjson.dumps(body).decode(),
         }
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the response") as conn:
             await conn.execute(sa.insert(responses).values(row))
 
     async def get(self, owner: str, response_id: str) -> StoredResponse | None:
@@ -74,14 +75,14 @@ class ResponseStore:
             responses.c.owner == owner,
             responses.c.expires_at > time.time(),
         )
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the response") as conn:
             result = await conn.execute(query)
         return bool(result.rowcount)
 
     async def purge(self, now: float | None = None) -> int:
         """Delete every response whose retention is over; returns how many."""
         before = time.time() if now is None else now
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine, "the response") as conn:
             result = await conn.execute(
                 sa.delete(responses).where(responses.c.expires_at <= before)
             )

@@ -47,12 +47,14 @@ async def health(request: Request) -> Response:
         "backend": type(limiter).__name__ if limiter else None,
         "healthy": await limiter.healthy() if limiter else None,
     }
-    if limits["healthy"] is False and status == "ok":
-        status = "degraded"
+    usage_log = state.recorder.health() if state.recorder is not None else None
+    store_failing = usage_log is not None and usage_log.get("healthy") is False
+    if (limits["healthy"] is False or store_failing) and status == "ok":
+        status = "degraded"  # serving, but limits or usage records are not where they belong
     body = {
         "status": status,
         "rate_limits": limits,
-        "usage_log": state.recorder.health() if state.recorder is not None else None,
+        "usage_log": usage_log,
         "version": __version__,
         "uptime_s": round(time.time() - state.started_at, 3),
         "models": models,
