@@ -3,12 +3,13 @@
 Request counters and histograms are plain dictionaries, updated as each
 request's usage record is finished and turned into metric families only when
 ``/metrics`` is scraped. Engine gauges (queue depth, active sequences,
-KV-cache use, tokens per second), the rate limiter's health and the usage
-buffer are read when ``/metrics`` is scraped.
+KV-cache use, tokens per second), the rate limiter's health, the usage
+buffer and the event loop's task count are read when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 from collections import Counter as Tally
@@ -35,7 +36,7 @@ LATENCY_BUCKETS = (
 
 
 class _LiveCollector(Collector):
-    """Gauges read at scrape time: engines, usage buffer."""
+    """Gauges read at scrape time: engines, usage buffer, the event loop's tasks."""
 
     def __init__(self, models: ModelHealth, recorder: Callable[[], UsageRecorder | None]) -> None:
         self._models = models
@@ -44,6 +45,7 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         yield from self._engines()
+        yield from _loop_tasks()
         recorder = self._recorder()
         if recorder is not None:
             yield GaugeMetricFamily(
@@ -93,6 +95,17 @@ class _LiveCollector(Collector):
             self._last[name] = (now, tokens)
             rate.add_metric([name], (tokens - before) / (now - then) if now > then else 0.0)
         yield from (queued, active, kv, generated, rate)
+
+
+def _loop_tasks() -> Iterator[Any]:
+    """Tasks alive on the event loop (a count that grows means requests, streams or
+    background work that never finish: bench/soak_bench.py watches it); nothing when
+    scraped off the loop."""
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop in this thread
+        return
+    yield GaugeMetricFamily("llmgw_asyncio_tasks", "Tasks alive on the event loop.", value=tasks)
 
 
 class _Histogram:
