@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import socket
 import time
 from types import FrameType
@@ -19,7 +20,7 @@ from types import FrameType
 import uvicorn
 
 from llm_gateway.app import create_app
-from llm_gateway.edge.http_server import GatewayHttpProtocol
+from llm_gateway.edge.http_server import ConnectionLimits, GatewayHttpProtocol
 from llm_gateway.errors import ConfigError
 from llm_gateway.settings import Settings
 from llm_gateway.state import GatewayState
@@ -76,6 +77,30 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
+def raise_fd_limit() -> int:
+    """Lift this process's soft limit on open files to its hard one (as Go's runtime
+    does): every connection is a descriptor, and 1,024 idle clients would otherwise
+    stop the gateway accepting. The new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # hard may be RLIM_INFINITY, which some kernels refuse
+            return soft
+    return hard
+
+
+def protocol(settings: Settings) -> type[GatewayHttpProtocol]:
+    """GatewayHttpProtocol with the settings' connection limits."""
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    return GatewayHttpProtocol.with_limits(limits)
+
+
 def run(settings: Settings) -> int:
     try:
         app = create_app(settings)
@@ -94,7 +119,9 @@ def run(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=GatewayHttpProtocol,
+        http=protocol(settings),
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         lifespan="on",
         server_header=False,
         log_level=settings.log_level.lower(),
@@ -102,6 +129,7 @@ def run(settings: Settings) -> int:
         log_config=None,  # uvicorn's lines go through our handlers and format (logs.py)
         timeout_graceful_shutdown=30,
     )
+    log.debug("open files allowed: %d", raise_fd_limit())
     server = GatewayServer(config, state)
     server.run()
     return 0 if server.started else 1

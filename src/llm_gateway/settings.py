@@ -74,6 +74,40 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes); 413 above."
     )
 
+    # --- connections (edge.http_server) -------------------------------------
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's header section must arrive within this many seconds of its "
+        "first byte (or of the connection opening); else 408 and the connection closes.",
+    )
+    body_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="A request body that spans reads must arrive whole within this many "
+        "seconds of its headers; else 408.",
+    )
+    send_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A client that reads none of its response for this long (the send buffer "
+        "full) is disconnected, and its generation cancelled.",
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="Idle keep-alive connections are closed after this many seconds."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request line and header section (bytes); 431 above.",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="Open connections (or requests in flight) at which a new request gets "
+        "503 (uvicorn's limit_concurrency); unset: no limit.",
+    )
+
     # --- security ---------------------------------------------------------
     jwt_secret: str | None = Field(
         None,

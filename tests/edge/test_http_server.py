@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from llm_gateway.edge.http_server import HOLD_MAX, GatewayHttpProtocol
+from llm_gateway.edge.http_cycle import HOLD_MAX
+from llm_gateway.edge.http_server import GatewayHttpProtocol
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

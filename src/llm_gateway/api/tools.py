@@ -8,12 +8,14 @@ import re
 from typing import Any
 
 import msgspec
+import orjson
 
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import Tool, ToolChoice
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _CHOICES: dict[str, ToolChoice] = {"auto": "auto", "none": "none", "required": "required"}
+_WRAPPING = 16  # levels a reply puts around a call's arguments, with room to spare
 
 
 class FunctionSpec(msgspec.Struct):
@@ -26,6 +28,18 @@ class FunctionSpec(msgspec.Struct):
 class ToolSpec(msgspec.Struct):
     type: str = "function"
     function: FunctionSpec | None = None
+
+
+def writable(value: Any) -> bool:
+    """Whether a call's arguments, read with orjson, can be written back inside a reply:
+    orjson reads JSON 1024 levels deep but writes only 255."""
+    for _ in range(_WRAPPING):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def _tool(i: int, spec: ToolSpec) -> Tool:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from llm_gateway.errors import InvalidRequest
 
+INT32_MAX = (1 << 31) - 1
+"""The largest count llama.cpp takes (its counts are C ints)."""
+
 
 def check_range(name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not low <= value <= high:
@@ -15,6 +18,13 @@ def check_range(name: str, value: float | None, low: float, high: float) -> None
 def check_min(name: str, value: int | None, low: int) -> None:
     if value is not None and value < low:
         raise InvalidRequest(f"'{name}' must be at least {low}, got {value}", param=name)
+
+
+def check_int(name: str, value: int | None, low: int, high: int) -> None:
+    """An integer within what the engine and upstream APIs take (C ints, JSON's int64)."""
+    check_min(name, value, low)
+    if value is not None and value > high:
+        raise InvalidRequest(f"'{name}' must be at most {high}, got {value}", param=name)
 
 
 def stop_list(name: str, stop: str | list[str] | None, limit: int = 16) -> list[str]:

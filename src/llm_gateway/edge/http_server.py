@@ -1,224 +1,141 @@
-"""uvicorn's httptools protocol, with a leaner response path.
+"""uvicorn's httptools protocol (GatewayHttpProtocol), running each request as a
+GatewayCycle (edge.http_cycle: the leaner response path), with four guards
+uvicorn lacks against clients slow or hostile (ConnectionLimits):
 
-Three changes to how a response goes out, each measured on the overhead bench:
-
-* The status line and headers wait for the first body message and leave in
-  one write with it, as the ASGI spec asks ("the server must not start
-  sending the response to the client until it has received at least one
-  response body event"). uvicorn writes them at once: two writes, two TCP
-  segments and two wake-ups of the client for every whole answer.
-* Body messages sent in one turn of the event loop leave in one write: the
-  first at once, the ones after it at the end of the turn (or when 64 KiB are
-  held). A stream whose upstream delivered many events in one read went out as
-  one write per event, each a system call and a wake-up of the client; an
-  event that arrives on its own still leaves at once, and what is held when
-  the app fails still goes out before the connection closes.
-* Header names and values are checked for the bytes uvicorn refuses once for
-  the whole set (two translate() calls) instead of two regular-expression
-  searches per header.
+* a header section must arrive within ``header_timeout_s`` of its first byte
+  (or of the connection opening): uvicorn has no such clock, so a client
+  sending one byte at a time, or nothing, held its connection for ever;
+* a body that spans reads must arrive within ``body_timeout_s`` (408);
+* a header section over ``max_header_bytes`` is refused with 431: httptools
+  buffers any amount;
+* a client that reads nothing of a response for ``send_timeout_s`` is cut off
+  (abort, as close would wait on the buffer it does not read), which cancels
+  the generation behind it; uvicorn waits on it for ever.
 
 Everything else (parsing, keep-alive, pipelining, flow control, 100-continue,
-disconnects, WebSocket upgrades) is uvicorn's own; uvicorn is pinned, so the
-methods overridden here match the version they were written against.
+disconnects, WebSocket upgrades, limit_concurrency) is uvicorn's own; uvicorn
+is pinned, and tests/edge/test_http_protocol_guard.py fails when a method
+copied or overridden here or in edge.http_cycle changes upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
-import operator
 import urllib.parse
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import (
-    HEADER_RE,
-    HEADER_VALUE_RE,
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-HOLD_MAX = 1 << 16
-"""Body bytes held for the end of the loop's turn beyond this are written at once."""
-_NAME = operator.itemgetter(0)
-_VALUE = operator.itemgetter(1)
-# The bytes uvicorn's HEADER_RE and HEADER_VALUE_RE refuse, as translate() tables:
-# deleting every allowed byte leaves the refused ones (a C loop; the regular
-# expressions cost 1.8 us a response, this 0.5).
-_NAME_OK = bytes(b for b in range(256) if not HEADER_RE.match(bytes([b])))
-_VALUE_OK = bytes(b for b in range(256) if not HEADER_VALUE_RE.match(bytes([b])))
+from llm_gateway.edge.http_cycle import GatewayCycle
 
 
-class GatewayCycle(RequestResponseCycle):
-    """One request and its response; the response head is held for the first body."""
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """How long a client may take, and how large a header section it may send
+    (the settings of the same names)."""
 
-    head: bytes = b""
-    loop: asyncio.AbstractEventLoop
-    _turn: asyncio.Handle | None = None  # a write happened this turn; ends it
-    _held: list[bytes] | None = None  # body written since, for the turn's end
-    _held_bytes = 0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 300.0
+    send_timeout_s: float = 60.0
+    max_header_bytes: int = 1 << 16
 
-    async def send(self, message: Any) -> None:  # uvicorn's ASGISendEvent
-        if self.flow.write_paused and not self.disconnected:
-            await self.flow.drain()
-        if self.disconnected:
-            return
-        if not self.response_started:
-            if message["type"] != "http.response.start":
-                raise RuntimeError(
-                    f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
-                )
-            # A bad header raises before the response counts as started: the app's
-            # failure is answered with a 500 rather than a dropped connection.
-            self.head = self._head(message["status"], message.get("headers", ()))
-            self.response_started = True
-            self.waiting_for_100_continue = False
-        elif not self.response_complete:
-            if message["type"] != "http.response.body":
-                raise RuntimeError(
-                    f"Expected ASGI message 'http.response.body', but got '{message['type']}'."
-                )
-            self._body(message.get("body", b""), message.get("more_body", False))
-        else:
-            raise RuntimeError(
-                f"Unexpected ASGI message '{message['type']}' sent, "
-                "after response already completed."
-            )
 
-    def _head(self, status: int, app_headers: Any) -> bytes:
-        headers = [*self.default_headers, *app_headers]
-        names = list(map(_NAME, headers))  # C loops, not Python ones: ~10 headers a response
-        joined = b"".join(names)
-        if joined.translate(None, _NAME_OK):
-            raise RuntimeError("Invalid HTTP header name.")
-        if b"\t".join(map(_VALUE, headers)).translate(None, _VALUE_OK):
-            raise RuntimeError("Invalid HTTP header value.")
-        if not joined.islower():  # ASGI asks for lower-case names; uvicorn lowers them
-            headers = [(n.lower(), v) for n, v in headers]
-            names = list(map(_NAME, headers))
-        # uvicorn's framing rules, for the three names that carry them: the first
-        # content-length counts, unless a transfer-encoding says chunked.
-        if b"content-length" in names and self.chunked_encoding is None:
-            self.expected_content_length = int(headers[names.index(b"content-length")][1])
-            self.chunked_encoding = False
-        has_connection_close = False
-        if b"transfer-encoding" in names or b"connection" in names:
-            for name, value in headers:
-                if name == b"transfer-encoding":
-                    if value.lower() == b"chunked":
-                        self.expected_content_length = 0
-                        self.chunked_encoding = True
-                elif name == b"connection" and b"close" in [
-                    t.lower().strip() for t in value.split(b",")
-                ]:
-                    self.keep_alive = False
-                    has_connection_close = True
-        content = [STATUS_LINE[status]]
-        if headers:
-            content += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
-        if not self.keep_alive and not has_connection_close:
-            content.append(b"connection: close\r\n")
-        if (
-            self.chunked_encoding is None
-            and self.scope["method"] != "HEAD"
-            and status not in (204, 304)
-        ):
-            self.chunked_encoding = True
-            content.append(b"transfer-encoding: chunked\r\n")
-        content.append(b"\r\n")
-        return b"".join(content)
-
-    def _body(self, body: bytes, more_body: bool) -> None:
-        head, self.head = self.head, b""
-        if self.scope["method"] == "HEAD":
-            self.expected_content_length = 0
-            out = head
-        elif self.chunked_encoding:
-            parts = [head]
-            if body:
-                parts += (b"%x\r\n" % len(body), body, b"\r\n")
-            if not more_body:
-                parts.append(b"0\r\n\r\n")
-            out = b"".join(parts)
-        else:
-            if len(body) > self.expected_content_length:
-                raise RuntimeError("Response content longer than Content-Length")
-            self.expected_content_length -= len(body)
-            out = head + body if head else body
-        if out:
-            self._write(out, more_body)
-        if not more_body:
-            if self.expected_content_length != 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
-
-    async def run_asgi(self, app: Any) -> None:
-        """uvicorn's own, except that what the app sent before it failed or stopped
-        short is written before the connection is closed (it may still be held)."""
-        try:
-            result = await app(self.scope, self.receive, self.send)
-        except BaseException as exc:
-            self.logger.error("Exception in ASGI application\n", exc_info=exc)
-            if not self.response_started:
-                await self.send_500_response()
-            else:
-                self._close()
-        else:
-            if result is not None:
-                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
-                self._close()
-            elif not self.response_started and not self.disconnected:
-                self.logger.error("ASGI callable returned without starting response.")
-                await self.send_500_response()
-            elif not self.response_complete and not self.disconnected:
-                self.logger.error("ASGI callable returned without completing response.")
-                self._close()
-        finally:
-            self.on_response = lambda: None
-
-    def _close(self) -> None:
-        self._release()
-        self.transport.close()
-
-    def _write(self, out: bytes, more_body: bool) -> None:
-        """Write now, or hold until the end of this turn of the loop when something
-        went out in it already; the last body message takes what is held with it."""
-        held = self._held
-        if held is not None:
-            held.append(out)
-            self._held_bytes += len(out)
-            if not more_body or self._held_bytes > HOLD_MAX:
-                self._release()
-        elif self._turn is None or not more_body:
-            self.transport.write(out)
-            if more_body:
-                self._turn = self.loop.call_soon(self._end_turn)
-        else:
-            self._held = [out]
-            self._held_bytes = len(out)
-
-    def _release(self) -> None:
-        held, self._held, self._held_bytes = self._held, None, 0
-        if held and not self.disconnected:
-            self.transport.write(b"".join(held))
-
-    def _end_turn(self) -> None:
-        self._turn = None
-        self._release()
+class HeadTooLarge(Exception):
+    """Raised in a parser callback; httptools hands it back as the error's context."""
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, running each request as a GatewayCycle.
+    """uvicorn's httptools protocol, running each request as a GatewayCycle, with
+    the clocks and the header cap of ConnectionLimits (see the module docstring).
 
-    ``on_headers_complete`` is uvicorn's own, less its concurrency limit (the
-    gateway has its own limits), with GatewayCycle in place of uvicorn's cycle.
+    ``on_headers_complete`` and ``data_received`` are uvicorn's own, with these
+    additions; ``with_limits`` makes the class uvicorn.Config is given.
     """
 
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    _deadline: asyncio.TimerHandle | None = None  # the header or the body clock
+    _in_head = False  # a request has begun and its header section is not complete
+    _head_bytes = 0  # bytes read since it began: at least its header section's size
+    _chunk = 0  # the size of the read being parsed
+
+    @classmethod
+    def with_limits(cls, limits: ConnectionLimits) -> type[GatewayHttpProtocol]:
+        return cast(type[GatewayHttpProtocol], type(cls.__name__, (cls,), {"limits": limits}))
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._set_deadline(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._clear_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        self._chunk = len(data)
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, HeadTooLarge):
+                self._refuse(431, "Request header fields too large.")
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        self._after_read()
+
+    def _after_read(self) -> None:
+        """Cap a header section still arriving, and start its clock or its body's."""
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, "Request header fields too large.")
+            elif self._deadline is None:
+                self._set_deadline(self.limits.header_timeout_s, self._head_timed_out)
+        elif self._deadline is None and self._reading_body():
+            self._set_deadline(self.limits.body_timeout_s, self._body_timed_out)
+
+    def _reading_body(self) -> bool:
+        cycle = self.cycle
+        return (
+            cycle is not None
+            and cycle.more_body
+            and not cycle.response_complete
+            and not self.pipeline
+        )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = self._chunk
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._clear_deadline()
+
+    def _head_too_large(self) -> bool:
+        limit = self.limits.max_header_bytes
+        if self._head_bytes <= limit:  # the bytes read bound the section: no count needed
+            return False
+        return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > limit
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._clear_deadline()
+        if self._head_too_large():
+            raise HeadTooLarge()
         parser = self.parser
         http_version = parser.get_http_version()
         scope = self.scope
@@ -235,9 +152,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         scope["path"] = self.root_path + path
         scope["raw_path"] = self.root_path.encode("ascii") + raw_path
         scope["query_string"] = parsed_url.query or b""
+        self._start_cycle(http_version != "1.0" and parser.should_keep_alive())
+
+    def _start_cycle(self, keep_alive: bool) -> None:
+        """uvicorn's end of on_headers_complete, with a GatewayCycle."""
         existing_cycle = self.cycle
-        self.cycle = GatewayCycle(
-            scope=scope,
+        self.cycle = cycle = GatewayCycle(
+            scope=self.scope,
             transport=self.transport,
             flow=self.flow,
             logger=self.logger,
@@ -246,12 +167,67 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             default_headers=self.server_state.default_headers,
             message_event=asyncio.Event(),
             expect_100_continue=self.expect_100_continue,
-            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            keep_alive=keep_alive,
             on_response=self.on_response_complete,
         )
-        self.cycle.loop = self.loop
+        cycle.loop = self.loop
+        cycle.send_timeout = self.limits.send_timeout_s
+        app = self._app()
         if existing_cycle is None or existing_cycle.response_complete:
-            self._start_asgi_task(self.cycle, self.app)
+            self._start_asgi_task(cycle, app)
         else:  # pipelined: queued until the response before it is complete
             self.flow.pause_reading()
-            self.pipeline.appendleft((self.cycle, self.app))
+            self.pipeline.appendleft((cycle, app))
+
+    def _app(self) -> Any:
+        """The app, or uvicorn's 503 over limit_concurrency (connections or requests)."""
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            self.logger.warning("Exceeded concurrency limit.")
+            return service_unavailable
+        return self.app
+
+    def _set_deadline(self, delay: float, callback: Any) -> None:
+        self._clear_deadline()
+        self._deadline = self.loop.call_later(delay, callback)
+
+    def _clear_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_timed_out(self) -> None:
+        """408 to a request whose header section is late; a silent close when none began."""
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            self._refuse(408, "Request header timeout.")
+        else:
+            self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        """408 to a request whose body is late (a close once its response began); the
+        app's receive() says http.disconnect."""
+        self._deadline = None
+        cycle = self.cycle
+        if self.transport.is_closing() or not cycle.more_body or cycle.response_complete:
+            return
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if cycle.response_started:
+            self.transport.close()
+        else:
+            self._refuse(408, "Request body timeout.")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """uvicorn's send_400_response, for any status: plain text, then close."""
+        body = message.encode("ascii")
+        head = [STATUS_LINE[status]]
+        head += [b"%s: %s\r\n" % pair for pair in self.server_state.default_headers]
+        head.append(
+            b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        )
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()

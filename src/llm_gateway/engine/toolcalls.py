@@ -30,7 +30,7 @@ from llm_gateway.types import ToolCall
 
 MARKERS = ["<tool_call>", "[TOOL_CALLS]", "<|python_tag|>"]
 _JSON_STARTS = ("{", "[", "```")
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_TAG = "<tool_call>"
 _MISTRAL_ARGS = re.compile(r"\[TOOL_CALLS\]\s*([A-Za-z0-9_.\-]+)\s*\[ARGS\]", re.S)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 
@@ -43,7 +43,7 @@ def call_id() -> str:
 def _loads(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the json module goes
         return None
 
 
@@ -71,11 +71,12 @@ def _calls(objs: list[Any], names: Collection[str]) -> list[ToolCall]:
     return out
 
 
-def _json_values(text: str) -> list[Any]:
-    """Every JSON value in text, one after another (separated by space, ``;`` or ``,``)."""
+def _json_run(text: str, i: int) -> tuple[list[Any], int]:
+    """The JSON values from ``text[i:]`` on, one after another (separated by space,
+    ``;`` or ``,``), and where the last one ended."""
     decoder = json.JSONDecoder()
     values: list[Any] = []
-    i, n = 0, len(text)
+    n = len(text)
     while i < n:
         while i < n and text[i] in " \t\r\n;,":
             i += 1
@@ -83,9 +84,26 @@ def _json_values(text: str) -> list[Any]:
             break
         try:
             value, i = decoder.raw_decode(text, i)
-        except ValueError:
-            return values
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." past its depth
+            break
         values.extend(value if isinstance(value, list) else [value])
+    return values, i
+
+
+def _json_values(text: str) -> list[Any]:
+    """Every JSON value in text, one after another (see `_json_run`)."""
+    return _json_run(text, 0)[0]
+
+
+def _hermes(text: str) -> list[Any]:
+    """The JSON after each ``<tool_call>`` tag, read as far as it goes: a closing tag
+    inside a string (code in the arguments) does not cut it short, as a regex would."""
+    values: list[Any] = []
+    at = text.find(_TAG)
+    while at >= 0:
+        found, end = _json_run(text, at + len(_TAG))
+        values += found
+        at = text.find(_TAG, end)
     return values
 
 
@@ -104,19 +122,21 @@ def _mistral(text: str, names: Collection[str]) -> list[ToolCall]:
 
 def parse(text: str, names: Collection[str]) -> tuple[str, list[ToolCall]]:
     """(the text before the calls, the calls) found in a model's whole output; no
-    valid call: (text, [])."""
+    valid call: (text, []). A marker that leads to no call may sit in another
+    call's strings, so the next format is tried."""
     for marker in MARKERS:
         at = text.find(marker)
         if at < 0:
             continue
         before, rest = text[:at], text[at:]
         if marker == "<tool_call>":
-            calls = _calls([v for m in _HERMES.findall(rest) for v in _json_values(m)], names)
+            calls = _calls(_hermes(rest), names)
         elif marker == "[TOOL_CALLS]":
             calls = _mistral(rest, names)
         else:
             calls = _calls(_json_values(rest[len(marker) :]), names)
-        return (before.strip(), calls) if calls else (text, [])
+        if calls:
+            return before.strip(), calls
     body = text.strip()
     fenced = _FENCE.match(body)
     if fenced:
@@ -149,19 +169,19 @@ class ToolCallFilter:
                 self._started = self._capturing = True
                 self._held = buf
                 return ""
-            if not head or any(m.startswith(head) for m in MARKERS):
-                self._held = buf  # white space, or a marker's beginning: wait for more
+            if not head or any(m.startswith(head) for m in (*MARKERS, "```")):
+                self._held = buf  # white space, a marker's or a fence's beginning: wait
                 return ""
             self._started = True
         return self._scan(buf)
 
     def _scan(self, buf: str) -> str:
-        for marker in MARKERS:
-            at = buf.find(marker)
-            if at >= 0:
-                self._capturing = True
-                self._held = buf[at:]
-                return buf[:at]
+        found = [at for at in (buf.find(m) for m in MARKERS) if at >= 0]
+        if found:  # the first in the text: a later one may be inside its call
+            at = min(found)
+            self._capturing = True
+            self._held = buf[at:]
+            return buf[:at]
         keep = held_suffix(buf, MARKERS)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]

@@ -44,7 +44,7 @@ def forced_call(request: GenerationRequest, text: str) -> list[ToolCall]:
         assert request.tool_name is not None
         try:
             args = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past json's depth
             return []
         if not isinstance(args, dict):
             return []

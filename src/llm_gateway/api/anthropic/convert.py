@@ -12,7 +12,7 @@ reference, "Messages".
 
 from __future__ import annotations
 
-import orjson
+import msgspec
 
 from llm_gateway.api.anthropic.schemas import (
     Block,
@@ -108,7 +108,9 @@ def _tool_call(where: str, b: Block) -> ToolCall:
         raise InvalidRequest(f"{where} needs 'id' and 'name'", param=where)
     if b.input is not None and not isinstance(b.input, dict):
         raise InvalidRequest(f"{where}.input must be an object", param=f"{where}.input")
-    return ToolCall(id=b.id, name=b.name, arguments=orjson.dumps(b.input or {}).decode())
+    # msgspec encodes all it decoded; orjson refuses ints past 64 bits, depth past 255.
+    arguments = msgspec.json.encode(b.input or {}).decode()
+    return ToolCall(id=b.id, name=b.name, arguments=arguments)
 
 
 def _assistant_turn(i: int, blocks: list[Block], names: dict[str, str]) -> Message:

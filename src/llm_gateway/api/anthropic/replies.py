@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from llm_gateway.api.tools import writable
 from llm_gateway.errors import BackendError, GatewayError
 from llm_gateway.types import Chunk, ToolCallDelta, Usage
 
@@ -77,7 +78,7 @@ def tool_input(call: ToolCallDelta) -> dict[str, Any]:
         value = orjson.loads(call.arguments or "{}")
     except orjson.JSONDecodeError:
         value = None
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or not writable(value):
         raise BackendError(
             f"the model called '{call.name}' with arguments that are not a JSON object: "
             f"{call.arguments[:200]!r}"

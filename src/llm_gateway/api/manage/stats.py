@@ -8,6 +8,7 @@ a duration back from now ("90s", "30m", "24h", "7d"); the default is the last
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -35,7 +36,13 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 def parse_time(value: str, name: str, now: float) -> float:
     """Epoch seconds, ISO 8601, or a duration before now ("24h")."""
-    text = value.strip()
+    seconds = _seconds(value.strip(), name, now)
+    if not math.isfinite(seconds):  # float() takes "nan", "inf", "1e999"
+        raise InvalidRequest(f"'{name}' must be a finite time", param=name)
+    return seconds
+
+
+def _seconds(text: str, name: str, now: float) -> float:
     match = _DURATION.match(text)
     if match:
         return now - float(match.group(1)) * _UNIT_S[match.group(2)]

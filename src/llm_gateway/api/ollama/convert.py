@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from llm_gateway.api.ollama.schemas import (
@@ -18,7 +19,7 @@ from llm_gateway.api.ollama.schemas import (
     Options,
     ToolCallIn,
 )
-from llm_gateway.api.tools import tools_from
+from llm_gateway.api.tools import tools_from, writable
 from llm_gateway.api.validate import check_min, check_range, stop_list
 from llm_gateway.errors import GatewayError, InvalidRequest
 from llm_gateway.settings import duration_s
@@ -141,6 +142,7 @@ def from_generate_request(body: GenerateRequest) -> GenerationRequest:
 
 
 def _calls(i: int, calls: list[ToolCallIn]) -> list[ToolCall]:
+    # msgspec encodes all it decoded; orjson refuses ints past 64 bits, depth past 255.
     return [
         ToolCall(
             id=c.id or f"call_{i}_{j}",
@@ -148,7 +150,7 @@ def _calls(i: int, calls: list[ToolCallIn]) -> list[ToolCall]:
             arguments=(
                 c.function.arguments
                 if isinstance(c.function.arguments, str)
-                else orjson.dumps(c.function.arguments).decode()
+                else msgspec.json.encode(c.function.arguments).decode()
             ),
         )
         for j, c in enumerate(calls)
@@ -216,9 +218,10 @@ def logprobs_body(items: list[TokenLogprob]) -> list[dict[str, Any]]:
 
 def _arguments(text: str) -> Any:
     try:
-        return orjson.loads(text or "{}")
+        value = orjson.loads(text or "{}")
     except orjson.JSONDecodeError:
         return text  # not JSON: passed on as the model wrote it
+    return value if writable(value) else text
 
 
 def tool_calls_body(calls: list[ToolCallDelta]) -> list[dict[str, Any]]:

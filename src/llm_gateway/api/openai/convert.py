@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+import msgspec
 
 from llm_gateway.api.openai.schemas import (
     ChatCompletionRequest,
@@ -21,7 +21,7 @@ from llm_gateway.api.openai.schemas import (
     ToolCallIn,
 )
 from llm_gateway.api.tools import choice_from, tools_from
-from llm_gateway.api.validate import check_min, check_range, stop_list
+from llm_gateway.api.validate import INT32_MAX, check_int, check_range, stop_list
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import (
     GenerationRequest,
@@ -77,11 +77,12 @@ def _calls(i: int, calls: list[ToolCallIn]) -> list[ToolCall]:
     out = []
     for j, c in enumerate(calls):
         args = c.function.arguments
+        # msgspec encodes all it decoded; orjson refuses ints past 64 bits, depth past 255.
         out.append(
             ToolCall(
                 id=c.id or f"call_{i}_{j}",
                 name=c.function.name,
-                arguments=args if isinstance(args, str) else orjson.dumps(args).decode(),
+                arguments=args if isinstance(args, str) else msgspec.json.encode(args).decode(),
             )
         )
     return out
@@ -140,8 +141,9 @@ def _common(
     check_range("min_p", body.min_p, 0, 1)
     check_range("presence_penalty", body.presence_penalty, -2, 2)
     check_range("frequency_penalty", body.frequency_penalty, -2, 2)
-    check_min("max_tokens", max_tokens, 1)
-    check_min("top_k", body.top_k, 0)
+    check_int("max_tokens", max_tokens, 1, INT32_MAX)
+    check_int("top_k", body.top_k, 0, INT32_MAX)
+    check_int("seed", body.seed, -(1 << 63), (1 << 63) - 1)
     if not body.model:
         raise InvalidRequest("'model' must not be empty", param="model")
     return {

@@ -12,6 +12,7 @@ the sampling parameters) is ``optional`` in the .proto and read with ``HasField`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
@@ -99,6 +100,11 @@ def _sampling(request: pb.GenerateRequest | pb.ChatRequest) -> Sampling:
     check_range("sampling.presence_penalty", out.presence_penalty, -2, 2)
     check_range("sampling.frequency_penalty", out.frequency_penalty, -2, 2)
     check_min("sampling.top_k", out.top_k, 0)
+    if out.repeat_penalty is not None and not math.isfinite(out.repeat_penalty):
+        # JSON has no NaN or infinity, protobuf's doubles do: the sampler takes neither.
+        raise InvalidRequest(
+            "'sampling.repeat_penalty' must be a finite number", param="sampling.repeat_penalty"
+        )
     return out
 
 

@@ -72,6 +72,8 @@ def parse(data: str | bytes, decoder: msgspec.json.Decoder[Message]) -> Message:
         message = decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise _bad(data, exc) from exc
+    except RecursionError as exc:  # msgspec's guard on its C stack
+        raise BadMessage("message is nested too deeply") from exc
     if not isinstance(message, Auth) and not 0 < len(message.id) <= MAX_ID:
         raise BadMessage(f"'id' must be 1 to {MAX_ID} characters", param="id")
     return message

@@ -75,8 +75,12 @@ def _check(n: int, raw: bytes, endpoint: str, seen: set[str]) -> Line | LineErro
         )
     if not isinstance(obj.get("body"), dict):
         return LineError(n + 1, "invalid_request", "body must be a JSON object", "body")
+    try:
+        body = orjson.dumps(obj["body"])
+    except orjson.JSONEncodeError:  # nested past 255 levels: orjson reads 1024, writes 255
+        return LineError(n + 1, "invalid_request", "body is nested too deeply", "body")
     model = obj["body"].get("model")
-    return Line(n, custom_id, orjson.dumps(obj["body"]), model if isinstance(model, str) else None)
+    return Line(n, custom_id, body, model if isinstance(model, str) else None)
 
 
 def parse_lines(data: bytes, endpoint: str) -> tuple[list[Line], list[LineError]]:
