@@ -30,7 +30,8 @@ import yaml
 
 from llm_gateway.backends.registry import BackendKinds
 from llm_gateway.backends.spec import ModelSpec
-from llm_gateway.backends.upstream.config import Timeouts, Tls, UpstreamSpec
+from llm_gateway.backends.upstream.config import Timeouts, UpstreamSpec
+from llm_gateway.backends.upstream.network import Tls
 from llm_gateway.engine.placement import parse_gpu_layers, parse_tensor_split
 from llm_gateway.errors import ConfigError
 from llm_gateway.limits.base import NO_LIMITS, Limits

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_gateway.backends.upstream.config import ProxyTable, Tls, no_proxy_matches
 from llm_gateway.backends.upstream.http1 import HttpClient
+from llm_gateway.backends.upstream.network import ProxyTable, Tls, no_proxy_matches
 from llm_gateway.errors import ConfigError
 from tests.backends.upstream.test_http1 import Server, ok
 from tests.pki import Pki

@@ -40,8 +40,8 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-from llm_gateway.backends.upstream.config import Origin, ProxyTable
 from llm_gateway.backends.upstream.connection import Connection, Target, parse_url
+from llm_gateway.backends.upstream.network import Origin, ProxyTable
 from llm_gateway.backends.upstream.transport import Slots, check_header, tunnel
 
 PoolKey = tuple[Origin, ssl.SSLContext | None]

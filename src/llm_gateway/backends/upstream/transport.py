@@ -1,6 +1,6 @@
 """The upstream HTTP client's ways to an origin: proxy tunnels, connection caps, header checks.
 
-* **Proxies** (``config.ProxyTable``) come from the environment, as curl,
+* **Proxies** (``network.ProxyTable``) come from the environment, as curl,
   requests, httpx and aiohttp (with ``trust_env``) read them:
   ``HTTP_PROXY``/``HTTPS_PROXY`` (or lower case, and ``ALL_PROXY``) name an
   ``http://[user:password@]host:port`` proxy, and
@@ -8,7 +8,7 @@
   addresses, CIDR networks and ``*`` that go direct (curl's rules). Plain
   ``http://`` upstreams go through the proxy in absolute form; ``https://``
   ones through a ``CONNECT`` tunnel, TLS end to end with the upstream.
-* **TLS** per upstream (``config.Tls``): a CA bundle to trust instead of the system's,
+* **TLS** per upstream (``network.Tls``): a CA bundle to trust instead of the system's,
   and a client certificate and key for mutual TLS. Each makes one
   ``ssl.SSLContext``, built once when the models file is read.
 * **Connection caps**: at most ``max_connections`` open connections to one origin
@@ -21,8 +21,8 @@ import asyncio
 import re
 import ssl
 
-from llm_gateway.backends.upstream.config import Proxy
 from llm_gateway.backends.upstream.connection import Connection
+from llm_gateway.backends.upstream.network import Proxy
 
 _SPLITS = re.compile(r"[\r\n\0]")
 
