@@ -5,7 +5,8 @@ from __future__ import annotations
 from llm_gateway.errors import InvalidRequest
 
 INT32_MAX = (1 << 31) - 1
-"""The largest count llama.cpp takes (its counts are C ints)."""
+"""The largest count llama.cpp takes (its counts are C ints), and the largest
+value of PostgreSQL's INTEGER columns (the key store's limits)."""
 
 
 def check_range(name: str, value: float | None, low: float, high: float) -> None:

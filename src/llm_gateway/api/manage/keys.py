@@ -18,6 +18,7 @@ from starlette.routing import Route
 from llm_gateway.api.context import RequestContext
 from llm_gateway.api.decode import decode_body
 from llm_gateway.api.openapi.operation import Operation, query
+from llm_gateway.api.validate import INT32_MAX
 from llm_gateway.auth.keys import ApiKey, NewKey
 from llm_gateway.core.principal import Principal
 from llm_gateway.edge.responses import JSONResponse
@@ -36,7 +37,7 @@ class KeyLimits(ModelLimits, forbid_unknown_fields=True):
     """Overrides for single models; requests to such a model are counted on their own."""
 
 
-MAX_LIMIT = 2**31 - 1
+MAX_LIMIT = INT32_MAX
 """The largest limit the key store holds (an INTEGER column on PostgreSQL)."""
 
 
