@@ -263,3 +263,22 @@ async def test_a_header_value_with_cr_or_lf_is_refused_and_nothing_is_sent(
     finally:
         await client.close()
     assert upstream.requests == [] and upstream.connections == 0
+
+
+async def test_a_request_waiting_for_a_connection_fails_at_once_when_the_client_closes() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    client = HttpClient()
+    first = asyncio.create_task(client.request("GET", url, max_connections=1))
+    second = asyncio.create_task(
+        client.request("GET", url, max_connections=1, connect_timeout_s=30)
+    )
+    await asyncio.sleep(0.1)  # the first holds the one connection, the second waits
+    await client.close()
+    with pytest.raises(ConnectionError, match="closed"):
+        await asyncio.wait_for(second, 5)
+    first.cancel()
+    server.close()

@@ -359,3 +359,5 @@ class HttpClient:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+        for slots in self._slots.values():
+            slots.wake_all()

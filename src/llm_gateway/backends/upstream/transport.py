@@ -54,6 +54,13 @@ class Slots:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
+    def wake_all(self) -> None:
+        """The client closed: every waiter looks again (and finds it closed)."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
     def wake_one(self) -> None:
         """A connection came back idle or closed: let the oldest waiter look again."""
         while self._waiters:
