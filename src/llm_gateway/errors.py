@@ -12,6 +12,7 @@
     ├── NotReady                   503     service_unavailable
     ├── BackendError               500     server_error
     ├── UpstreamError              502     upstream_error
+    │   └── UpstreamTimeout        504     timeout_error
     └── UpstreamUnavailable        503     service_unavailable (Retry-After)
 
     ConfigError (a ValueError)     the settings or models file are unusable (at start-up)
@@ -132,6 +133,14 @@ class UpstreamError(GatewayError):
 
     status = 502
     type = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """No upstream answered in time (connect, first byte or whole answer): 504, as a
+    reverse proxy answers when its upstream times out."""
+
+    status = 504
+    type = "timeout_error"
 
 
 class UpstreamUnavailable(GatewayError):

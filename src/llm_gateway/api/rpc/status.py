@@ -14,6 +14,7 @@ gateway's 4xx made precise). A client mistake is never UNKNOWN or INTERNAL:
     503 Overloaded (queue full), NotReady,      UNAVAILABLE (retry-after where known)
         UpstreamUnavailable
     502 UpstreamError                           UNAVAILABLE
+    504 UpstreamTimeout                         DEADLINE_EXCEEDED
     500 BackendError, anything unexpected       INTERNAL
 
 The trailing metadata of a failed call says more: ``error-type`` (OpenAI's

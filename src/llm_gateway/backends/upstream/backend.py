@@ -42,11 +42,18 @@ from llm_gateway.backends.upstream.reading import (
     merged,
     parsed,
     status_error,
+    timed_out,
 )
 from llm_gateway.backends.upstream.replicas import BREAKER_COOLDOWN_S, Replica
 from llm_gateway.backends.upstream.transport import check_header
 from llm_gateway.backends.upstream.wire import UpstreamStreamError
-from llm_gateway.errors import ConfigError, InvalidRequest, UpstreamError, UpstreamUnavailable
+from llm_gateway.errors import (
+    ConfigError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from llm_gateway.types import Chunk, EmbeddingRequest, Embeddings, GenerationRequest, ModelDetails
 
 log = logging.getLogger(__name__)
@@ -182,7 +189,7 @@ class UpstreamBackend:
             yield await self.complete(request)
             return
         tried: set[int] = set()
-        last: str | None = None
+        last: BaseException | None = None
         attempts = self.spec.retries + 1
         for attempt in range(attempts):
             picked = self._pick(tried)
@@ -205,7 +212,8 @@ class UpstreamBackend:
                     why = describe(exc)  # the client has text already: end it in band
                     replica.failed(why, time.monotonic())
                     raise UpstreamError(f"upstream failed mid-stream ({why})") from exc
-                last = await self._failed(replica, exc, attempt)
+                await self._failed(replica, exc, attempt)
+                last = exc
             finally:
                 replica.release(trial)
         raise self._exhausted(last)
@@ -226,7 +234,7 @@ class UpstreamBackend:
     async def _whole(self, path: str, body: Any, parse: Callable[[bytes], T]) -> T:
         """POST a body for a whole answer and parse it, trying replicas in turn."""
         tried: set[int] = set()
-        last: str | None = None
+        last: BaseException | None = None
         for attempt in range(self.spec.retries + 1):
             picked = self._pick(tried)
             if picked is None:
@@ -238,30 +246,34 @@ class UpstreamBackend:
                 replica.succeeded()
                 return answer
             except (Retryable, OSError, UpstreamStreamError) as exc:
-                last = await self._failed(replica, exc, attempt)
+                await self._failed(replica, exc, attempt)
+                last = exc
             finally:
                 replica.release(trial)
         raise self._exhausted(last)
 
-    async def _failed(self, replica: Replica, exc: BaseException, attempt: int) -> str:
+    async def _failed(self, replica: Replica, exc: BaseException, attempt: int) -> None:
         """Count a failed try against its replica (a 429 does not count), back off
-        before the next; returns why it failed."""
-        why = str(exc) if isinstance(exc, Retryable) else describe(exc)
+        before the next."""
         if not isinstance(exc, Retryable) or exc.replica_fault:
-            replica.failed(why, time.monotonic())
+            replica.failed(_why(exc), time.monotonic())
         if attempt < self.spec.retries:
             await asyncio.sleep(BACKOFF_S * (2**attempt))
-        return why
 
-    def _exhausted(self, last: str | None) -> Exception:
-        """The error once no try is left: 503 when no replica could take it, else 502."""
+    def _exhausted(self, last: BaseException | None) -> Exception:
+        """The error once no try is left: 503 when no replica could take it, 504 when
+        the last try timed out, else 502."""
+        why = "every replica is busy, or failing and waiting to be retried"
+        if last is not None:
+            why = _why(last)
         if last is None or not any(r.state(time.monotonic()) != "open" for r in self.replicas):
-            why = last or "every replica is busy, or failing and waiting to be retried"
             return UpstreamUnavailable(
                 f"model '{self.name}': no upstream can take the request ({why})",
                 retry_after=int(BREAKER_COOLDOWN_S) if last else 1,
             )
-        return UpstreamError(f"model '{self.name}': upstream failed after retries ({last})")
+        if timed_out(last):
+            return UpstreamTimeout(f"model '{self.name}': upstream timed out ({why})")
+        return UpstreamError(f"model '{self.name}': upstream failed after retries ({why})")
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         """Embeddings from the upstream, with the retries, replicas and breakers of ``complete``."""
@@ -339,3 +351,7 @@ def _headers(spec: UpstreamSpec, wire: Wire) -> dict[str, str]:
         except ValueError as exc:
             raise ConfigError(f"{spec.api_key_env}: {exc} (a stray newline?)") from exc
     return headers
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, Retryable) else describe(exc)

@@ -34,6 +34,11 @@ class Retryable(Exception):
         self.replica_fault = replica_fault
 
 
+def timed_out(exc: BaseException) -> bool:
+    """Whether a failed try failed by a timeout (connect, first byte or deadline)."""
+    return isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)
+
+
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
