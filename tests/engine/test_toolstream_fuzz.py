@@ -79,6 +79,14 @@ def _split(text: str, cuts: list[int]) -> list[str]:
 )
 @example('```json\n{"name": "add", "arguments": {}}\n```', [1], "stop", "auto", True)
 @example("[" * 1200, [], "stop", "function", True)
+@example(
+    '<tool_call>{"name": "add", "arguments": {}}</tool_call>'
+    '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>',
+    [],
+    "stop",
+    "required",
+    False,
+)
 def test_the_stream_gives_the_same_answer_however_it_is_cut(
     text: str, cuts: list[int], finish: FinishReason, choice: ToolChoice, parallel: bool
 ) -> None:
@@ -90,8 +98,7 @@ def test_the_stream_gives_the_same_answer_however_it_is_cut(
         assert reason == "tool_calls"
         assert all(isinstance(args, dict) for _, args in calls)
         assert {name for name, _ in calls} <= set(NAMES)
-        # a forced call is decoded under a grammar that admits one call: not cut here
-        assert parallel or choice in ("required", "function") or len(calls) == 1
+        assert parallel or len(calls) == 1  # parallel_tool_calls false: one call, forced or not
         assert out in text
     else:
         assert reason == finish

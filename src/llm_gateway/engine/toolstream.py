@@ -77,8 +77,8 @@ async def with_tool_calls(
             pre = filt.feed(chunk.text)
             tail, calls = filt.finish()
             tail = pre + tail
-            if not request.parallel_tool_calls:
-                calls = calls[:1]
+        if not request.parallel_tool_calls:  # forced ("required") output may hold several
+            calls = calls[:1]
         final = Chunk(
             text="",
             finish_reason=chunk.finish_reason,
