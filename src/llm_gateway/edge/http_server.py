@@ -93,7 +93,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        self._after_read()
+        # Inline of the common case (a whole request read, nothing left to clock):
+        # no call at all, as this runs for every read.
+        cycle = self.cycle
+        if self._in_head or (self._deadline is None and cycle is not None and cycle.more_body):
+            self._after_read()
 
     def _after_read(self) -> None:
         """Cap a header section still arriving, and start its clock or its body's."""
@@ -123,18 +127,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._clear_deadline()
+        if self._deadline is not None:
+            self._clear_deadline()
 
     def _head_too_large(self) -> bool:
+        """Called once the bytes read exceed the cap: they bound the section's size,
+        so most requests never count it."""
         limit = self.limits.max_header_bytes
-        if self._head_bytes <= limit:  # the bytes read bound the section: no count needed
-            return False
         return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > limit
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._clear_deadline()
-        if self._head_too_large():
+        if self._deadline is not None:
+            self._clear_deadline()
+        if self._head_bytes > self.limits.max_header_bytes and self._head_too_large():
             raise HeadTooLarge()
         parser = self.parser
         http_version = parser.get_http_version()
