@@ -347,7 +347,7 @@ BAD = [
         ' "body": {"model": "up-openai", "messages": [], "temperature": 9}}',
         "b3",
         400,
-        "messages",
+        "'temperature' must be at most 2",
     ),
     (
         "body not an object",

@@ -13,6 +13,8 @@ T = TypeVar("T")
 
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
+_BOUND = re.compile(r"Expected `\w+` (>=|<=) (\S+) - at `\$\.?([^`]*)`")
+"""msgspec's words for a value outside a field's Meta(ge=, le=) (api.validate)."""
 
 
 def decode_body(body: bytes, model: type[T]) -> T:
@@ -23,6 +25,11 @@ def decode_body(body: bytes, model: type[T]) -> T:
         return msgspec.json.decode(body, type=model)
     except msgspec.ValidationError as exc:
         text = str(exc)
+        if bound := _BOUND.fullmatch(text):
+            op, limit, path = bound.groups()
+            words = "at least" if op == ">=" else "at most"
+            limit = limit.removesuffix(".0")
+            raise InvalidRequest(f"'{path}' must be {words} {limit}", param=path) from exc
         m = _PATH.search(text) or _MISSING.search(text)
         raise InvalidRequest(f"invalid request: {text}", param=m.group(1) if m else None) from exc
     except msgspec.DecodeError as exc:

@@ -1,12 +1,40 @@
-"""Range checks shared by the protocol converters; each failure names its field."""
+"""Ranges of request fields, and the checks shared by the protocol converters.
+
+The bounded types (``Temperature``, ``Count``, ...) annotate the msgspec
+Structs of the request bodies: msgspec enforces them while it decodes (a 400
+naming the field, see api.decode) and writes them into /openapi.json as
+minimum and maximum, so the document states the very rules the routes apply.
+The ``check_*`` functions are for what no Struct carries (gRPC messages,
+values derived from several fields).
+"""
 
 from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
 
 from llm_gateway.errors import InvalidRequest
 
 INT32_MAX = (1 << 31) - 1
 """The largest count llama.cpp takes (its counts are C ints), and the largest
 value of PostgreSQL's INTEGER columns (the key store's limits)."""
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+"""OpenAI's sampling temperature range."""
+Unit = Annotated[float, Meta(ge=0, le=1)]
+"""A probability: top_p, min_p (and Anthropic's temperature)."""
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+"""OpenAI's presence and frequency penalties."""
+Count = Annotated[int, Meta(ge=1, le=INT32_MAX)]
+"""A number of tokens or dimensions: at least 1, at most a C int."""
+TopK = Annotated[int, Meta(ge=0, le=INT32_MAX)]
+"""top_k: 0 turns it off."""
+Int32 = Annotated[int, Meta(ge=-INT32_MAX - 1, le=INT32_MAX)]
+"""A C int (Ollama's num_predict and repeat_last_n, where negatives mean something)."""
+Seed = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+"""A sampling seed: JSON's 64-bit integers."""
 
 
 def check_range(name: str, value: float | None, low: float, high: float) -> None:

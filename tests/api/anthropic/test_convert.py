@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import orjson
 import pytest
 
 from llm_gateway.api.anthropic.convert import from_count_request, from_messages_request
 from llm_gateway.api.anthropic.schemas import CountTokensRequest, MessagesRequest
+from llm_gateway.api.decode import decode_body
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import Message, ToolCall
 
@@ -17,7 +19,8 @@ TOOL = {"name": "get_weather", "input_schema": {"type": "object", "properties": 
 
 
 def _request(**body: Any) -> MessagesRequest:
-    return msgspec.convert({"model": "m", "max_tokens": 10, **body}, MessagesRequest)
+    """The body as the route decodes it (the Structs carry the fields' ranges)."""
+    return decode_body(orjson.dumps({"model": "m", "max_tokens": 10, **body}), MessagesRequest)
 
 
 def test_system_text_images_and_sampling() -> None:

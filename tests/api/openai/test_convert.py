@@ -116,7 +116,7 @@ CHAT_BAD: list[tuple[str, Any, str | None, str]] = [
         "temperature out of range",
         {"model": "m", "messages": USER, "temperature": 3},
         "temperature",
-        "between 0 and 2",
+        "'temperature' must be at most 2",
     ),
     ("top_p out of range", {"model": "m", "messages": USER, "top_p": 1.5}, "top_p", "top_p"),
     ("n=2 is refused", {"model": "m", "messages": USER, "n": 2}, "n", "n=1"),

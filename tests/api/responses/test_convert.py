@@ -199,9 +199,9 @@ BAD: list[tuple[str, Any, str | None, str]] = [
         "temperature out of range",
         {"input": "hi", "temperature": 3},
         "temperature",
-        "between 0 and 2",
+        "'temperature' must be at most 2",
     ),
-    ("top_p out of range", {"input": "hi", "top_p": 2}, "top_p", "between 0 and 1"),
+    ("top_p out of range", {"input": "hi", "top_p": 2}, "top_p", "at most 1"),
     (
         "max_output_tokens 0",
         {"input": "hi", "max_output_tokens": 0},

@@ -24,7 +24,7 @@ from llm_gateway.api.anthropic.schemas import (
     ToolParam,
 )
 from llm_gateway.api.tools import function_tool, named_choice, unique_names
-from llm_gateway.api.validate import check_min, check_range, stop_list
+from llm_gateway.api.validate import stop_list
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import GenerationRequest, Message, Sampling, Tool, ToolCall, ToolChoice
 
@@ -203,15 +203,7 @@ def choice_of(
     return _CHOICES[choice.type], None, parallel
 
 
-def _check(body: MessagesRequest) -> None:
-    check_min("max_tokens", body.max_tokens, 1)
-    check_range("temperature", body.temperature, 0.0, 1.0)
-    check_range("top_p", body.top_p, 0.0, 1.0)
-    check_min("top_k", body.top_k, 0)
-
-
 def from_messages_request(body: MessagesRequest) -> GenerationRequest:
-    _check(body)
     tools = tools_of(body.tools)
     choice, name, parallel = choice_of(body.tool_choice, tools)
     return GenerationRequest(

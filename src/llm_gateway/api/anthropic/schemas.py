@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from llm_gateway.api.validate import Count, TopK, Unit
+
 
 class ImageSource(msgspec.Struct):
     """``{"type": "base64", "media_type", "data"}`` or ``{"type": "url", "url"}``."""
@@ -69,13 +71,13 @@ class ThinkingParam(msgspec.Struct):
 
 class MessagesRequest(msgspec.Struct):
     model: str
-    max_tokens: int
+    max_tokens: Count
     messages: list[MessageParam]
     system: str | list[Block] | None = None
     stop_sequences: list[str] | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
+    temperature: Unit | None = None
+    top_p: Unit | None = None
+    top_k: TopK | None = None
     stream: bool | None = None
     tools: list[ToolParam] | None = None
     tool_choice: ToolChoiceParam | None = None

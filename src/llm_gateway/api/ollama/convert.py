@@ -20,7 +20,7 @@ from llm_gateway.api.ollama.schemas import (
     ToolCallIn,
 )
 from llm_gateway.api.tools import tools_from, writable
-from llm_gateway.api.validate import check_min, check_range, stop_list
+from llm_gateway.api.validate import stop_list
 from llm_gateway.errors import GatewayError, InvalidRequest
 from llm_gateway.settings import duration_s
 from llm_gateway.types import (
@@ -66,11 +66,6 @@ def _json_format(fmt: str | dict[str, Any] | None) -> JsonFormat | None:
 
 def _options(opts: Options | None) -> dict[str, Any]:
     o = opts or Options()
-    check_range("options.temperature", o.temperature, 0, 100)
-    check_range("options.top_p", o.top_p, 0, 1)
-    check_range("options.min_p", o.min_p, 0, 1)
-    check_min("options.top_k", o.top_k, 0)
-    check_min("options.num_ctx", o.num_ctx, 1)
     # num_predict: -1 is "no limit", -2 "fill the context"; both mean the backend's cap.
     max_tokens = o.num_predict if o.num_predict is not None and o.num_predict > 0 else None
     return {
@@ -97,7 +92,6 @@ def _refuse_thinking(think: bool | str | None, model: str) -> None:
 
 
 def _logprobs(body: ChatRequest | GenerateRequest) -> dict[str, Any]:
-    check_range("top_logprobs", body.top_logprobs, 0, 20)
     return {"logprobs": bool(body.logprobs), "top_logprobs": body.top_logprobs or 0}
 
 

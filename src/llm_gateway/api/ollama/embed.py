@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from llm_gateway.api.ollama.schemas import EmbedRequest, LegacyEmbeddingsRequest
-from llm_gateway.api.validate import check_min
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import EmbeddingRequest, Embeddings
 
@@ -15,7 +14,6 @@ def from_embed_request(body: EmbedRequest) -> EmbeddingRequest:
     inputs: list[str | list[int]] = [body.input] if isinstance(body.input, str) else [*body.input]
     if not inputs or any(not x for x in inputs):
         raise InvalidRequest("input must not be empty, nor hold an empty string")
-    check_min("dimensions", body.dimensions, 1)
     return EmbeddingRequest(
         model=body.model, inputs=inputs, dimensions=body.dimensions, truncate=body.truncate
     )

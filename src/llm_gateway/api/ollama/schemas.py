@@ -6,26 +6,27 @@ for options it does not use (num_gpu, num_thread, mirostat, ...).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from llm_gateway.api.tools import ToolSpec
+from llm_gateway.api.validate import Count, Int32, Seed, TopK, Unit
 
 
 class Options(msgspec.Struct):
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    num_predict: int | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    top_p: Unit | None = None
+    top_k: TopK | None = None
+    min_p: Unit | None = None
+    num_predict: Int32 | None = None  # -1: no limit, -2: fill the context
     stop: list[str] | str | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     repeat_penalty: float | None = None
-    repeat_last_n: int | None = None
+    repeat_last_n: Int32 | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    num_ctx: int | None = None
+    num_ctx: Count | None = None
 
 
 class _Common(msgspec.Struct):
@@ -36,7 +37,7 @@ class _Common(msgspec.Struct):
     keep_alive: str | float | None = None
     think: bool | str | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
 
 class GenerateRequest(_Common):
@@ -85,7 +86,7 @@ class EmbedRequest(msgspec.Struct):
     model: str
     input: str | list[str] = ""
     truncate: bool = True
-    dimensions: int | None = None
+    dimensions: Count | None = None
     keep_alive: str | float | None = None
     options: Options | None = None
 

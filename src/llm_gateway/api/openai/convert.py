@@ -21,7 +21,7 @@ from llm_gateway.api.openai.schemas import (
     ToolCallIn,
 )
 from llm_gateway.api.tools import choice_from, tools_from
-from llm_gateway.api.validate import INT32_MAX, check_int, check_range, stop_list
+from llm_gateway.api.validate import check_range, stop_list
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import (
     GenerationRequest,
@@ -136,14 +136,6 @@ def _common(
         raise InvalidRequest("only n=1 is supported", param="n")
     if body.logit_bias:
         raise InvalidRequest("logit_bias is not supported", param="logit_bias")
-    check_range("temperature", body.temperature, 0, 2)
-    check_range("top_p", body.top_p, 0, 1)
-    check_range("min_p", body.min_p, 0, 1)
-    check_range("presence_penalty", body.presence_penalty, -2, 2)
-    check_range("frequency_penalty", body.frequency_penalty, -2, 2)
-    check_int("max_tokens", max_tokens, 1, INT32_MAX)
-    check_int("top_k", body.top_k, 0, INT32_MAX)
-    check_int("seed", body.seed, -(1 << 63), (1 << 63) - 1)
     if not body.model:
         raise InvalidRequest("'model' must not be empty", param="model")
     return {

@@ -9,7 +9,6 @@ import struct
 from typing import Any
 
 from llm_gateway.api.openai.schemas import EmbeddingsRequest
-from llm_gateway.api.validate import check_min
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import EmbeddingRequest, Embeddings
 
@@ -22,7 +21,6 @@ def from_embeddings_request(body: EmbeddingsRequest) -> EmbeddingRequest:
             f"encoding_format '{body.encoding_format}' is not one of float, base64",
             param="encoding_format",
         )
-    check_min("dimensions", body.dimensions, 1)
     inputs = _inputs(body.input)
     if not inputs or any(len(x) == 0 for x in inputs):
         raise InvalidRequest("'input' must not be empty, nor hold an empty input", param="input")

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from llm_gateway.api.tools import ToolSpec
+from llm_gateway.api.validate import Count, Penalty, Seed, Temperature, TopK, Unit
 
 
 class ImageUrl(msgspec.Struct):
@@ -61,16 +62,16 @@ class StreamOptions(msgspec.Struct):
 
 class _Common(msgspec.Struct):
     model: str
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None  # extension (vLLM, llama.cpp)
-    min_p: float | None = None  # extension
+    temperature: Temperature | None = None
+    top_p: Unit | None = None
+    top_k: TopK | None = None  # extension (vLLM, llama.cpp)
+    min_p: Unit | None = None  # extension
     repeat_penalty: float | None = None  # extension
-    max_tokens: int | None = None
+    max_tokens: Count | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    seed: Seed | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
     n: int | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -81,7 +82,7 @@ class _Common(msgspec.Struct):
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = []
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Count | None = None
     response_format: ResponseFormat | None = None
     tools: list[ToolSpec] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -101,7 +102,7 @@ class EmbeddingsRequest(msgspec.Struct):
     model: str
     input: str | list[Any]  # a string, strings, a token array or token arrays: see embed.py
     encoding_format: str | None = None
-    dimensions: int | None = None
+    dimensions: Count | None = None
     user: str | None = None
 
 

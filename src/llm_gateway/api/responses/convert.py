@@ -16,7 +16,6 @@ import msgspec
 from llm_gateway.api.responses.items import to_messages
 from llm_gateway.api.responses.schemas import FunctionTool, InputItem, ResponsesRequest, TextConfig
 from llm_gateway.api.tools import choice_from, function_tool, named_choice, unique_names
-from llm_gateway.api.validate import check_min, check_range
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import GenerationRequest, JsonFormat, Message, Sampling, Tool, ToolChoice
 
@@ -102,9 +101,6 @@ def _refuse_unsupported(body: ResponsesRequest) -> None:
         raise InvalidRequest("prompt templates are not supported", param="prompt")
     if not body.model:
         raise InvalidRequest("'model' must not be empty", param="model")
-    check_range("temperature", body.temperature, 0, 2)
-    check_range("top_p", body.top_p, 0, 1)
-    check_min("max_output_tokens", body.max_output_tokens, 1)
 
 
 def from_responses_request(

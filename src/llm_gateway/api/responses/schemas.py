@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from llm_gateway.api.validate import Count, Temperature, Unit
+
 
 class ContentPart(msgspec.Struct, omit_defaults=True):
     """``input_text``, ``input_image``, ``output_text`` (assistant turns), ``refusal``."""
@@ -70,9 +72,9 @@ class ResponsesRequest(msgspec.Struct):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    max_output_tokens: Count | None = None
+    temperature: Temperature | None = None
+    top_p: Unit | None = None
     stream: bool | None = None
     store: bool | None = None
     previous_response_id: str | None = None
