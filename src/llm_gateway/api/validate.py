@@ -20,6 +20,8 @@ INT32_MAX = (1 << 31) - 1
 """The largest count llama.cpp takes (its counts are C ints), and the largest
 value of PostgreSQL's INTEGER columns (the key store's limits)."""
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives a token's logprobs list (OpenAI's and Ollama's limit)."""
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 """OpenAI's sampling temperature range."""
@@ -31,6 +33,8 @@ Count = Annotated[int, Meta(ge=1, le=INT32_MAX)]
 """A number of tokens or dimensions: at least 1, at most a C int."""
 TopK = Annotated[int, Meta(ge=0, le=INT32_MAX)]
 """top_k: 0 turns it off."""
+TopLogprobs = Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)]
+"""top_logprobs: how many alternatives each token lists."""
 Int32 = Annotated[int, Meta(ge=-INT32_MAX - 1, le=INT32_MAX)]
 """A C int (Ollama's num_predict and repeat_last_n, where negatives mean something)."""
 Seed = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
@@ -47,13 +51,6 @@ def check_range(name: str, value: float | None, low: float, high: float) -> None
 def check_min(name: str, value: int | None, low: int) -> None:
     if value is not None and value < low:
         raise InvalidRequest(f"'{name}' must be at least {low}, got {value}", param=name)
-
-
-def check_int(name: str, value: int | None, low: int, high: int) -> None:
-    """An integer within what the engine and upstream APIs take (C ints, JSON's int64)."""
-    check_min(name, value, low)
-    if value is not None and value > high:
-        raise InvalidRequest(f"'{name}' must be at most {high}, got {value}", param=name)
 
 
 def stop_list(name: str, stop: str | list[str] | None, limit: int = 16) -> list[str]:

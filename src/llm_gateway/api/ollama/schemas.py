@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import msgspec
 
 from llm_gateway.api.tools import ToolSpec
-from llm_gateway.api.validate import Count, Int32, Seed, TopK, Unit
+from llm_gateway.api.validate import Count, Int32, Seed, TopK, TopLogprobs, Unit
 
 
 class Options(msgspec.Struct):
@@ -37,7 +37,7 @@ class _Common(msgspec.Struct):
     keep_alive: str | float | None = None
     think: bool | str | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    top_logprobs: TopLogprobs | None = None
 
 
 class GenerateRequest(_Common):

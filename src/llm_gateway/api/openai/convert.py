@@ -21,7 +21,7 @@ from llm_gateway.api.openai.schemas import (
     ToolCallIn,
 )
 from llm_gateway.api.tools import choice_from, tools_from
-from llm_gateway.api.validate import check_range, stop_list
+from llm_gateway.api.validate import MAX_TOP_LOGPROBS, check_range, stop_list
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.types import (
     GenerationRequest,
@@ -31,8 +31,6 @@ from llm_gateway.types import (
     Sampling,
     ToolCall,
 )
-
-MAX_TOP_LOGPROBS = 20
 
 _ROLES: dict[str, Role] = {
     "system": "system",
